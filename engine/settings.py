@@ -1,0 +1,79 @@
+"""churnflow's settings, read from the environment (prefix ``CHURNFLOW_``).
+
+>>> s = Settings(kafka_brokers="127.0.0.1:9092", redis_url="redis://127.0.0.1:6379/0")
+>>> s.key_groups, s.horizon_days, s.clock
+(128, 90, 'event')
+>>> s.brokers
+['127.0.0.1:9092']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the engine, the API and the CLI can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="CHURNFLOW_", extra="ignore")
+
+    # services
+    kafka_brokers: str = "127.0.0.1:9092"
+    events_topic: str = "events"
+    dead_letter_topic: str = "events.dead-letter"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "cf"
+    """Prefix of every Redis key (tests use one per test)."""
+    run_dir: Path = Path(".run")
+    recovery_dir: Path | None = None
+    """Bytewax recovery store; ``churnflow run`` defaults it to ``run_dir/recovery``."""
+
+    # engine
+    key_groups: int = Field(128, ge=1, le=4096)
+    """Fixed at deployment; bounds the parallelism of the customer stage."""
+    horizon_days: int = Field(90, ge=1)
+    """Churn = no order in the next H days."""
+    allowed_lateness_s: float = Field(3 * 86400.0, ge=0)
+    """The watermark trails the largest event time by this much."""
+    checkpoint_days: float = Field(15.0, gt=0)
+    """A silent customer gets a prediction point every this many days."""
+    max_silent_checkpoints: int = Field(12, ge=0)
+    """Bound on the prediction points of one silence."""
+    clock: Literal["event", "wall"] = "event"
+    """``event``: the watermark moves with event times only (replay, demo);
+    ``wall``: idle key groups also advance with the wall clock (production)."""
+    base_currency: str = "USD"
+    currency_rates: dict[str, float] = Field(
+        default_factory=lambda: {
+            "USD": 1.0,
+            "EUR": 1.08,
+            "GBP": 1.27,
+            "CAD": 0.73,
+            "AUD": 0.66,
+            "JPY": 0.0067,
+            "CNY": 0.14,
+            "INR": 0.012,
+            "SGD": 0.74,
+            "VND": 0.000039,
+            "MXN": 0.055,
+            "BRL": 0.18,
+        }
+    )
+    """Units of the base currency per unit of each currency."""
+    model_warm_examples: int = Field(500, ge=0)
+    """Examples the model must learn before its scores replace the prior."""
+    epoch_interval_s: float = Field(2.0, gt=0)
+    redis_batch_size: int = Field(500, ge=1)
+
+    # api
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    demo_api_key: str | None = None
+
+    @property
+    def brokers(self) -> list[str]:
+        return [b.strip() for b in self.kafka_brokers.split(",") if b.strip()]
