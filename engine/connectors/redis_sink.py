@@ -1,0 +1,162 @@
+"""The Redis sink: customer profiles, segment membership, model status and counters.
+
+Key layout (the store is a hash tag, so Redis Cluster keeps a store on one slot)::
+
+    {prefix}:{<store>}:customer:<customer>     JSON profile (the score API reads it)
+    {prefix}:{<store>}:segment:<segment>       sorted set: customer -> churn probability
+    {prefix}:model:<shard>                     JSON model status and metrics
+    {prefix}:stage:<key group>                 JSON customer-stage counters
+
+Every write is idempotent (SET, ZADD, ZREM, DEL), so items replayed after a
+restart from the recovery store leave the same result. A batch is written in one
+pipeline; only the newest score of a customer in a batch is written. A lost
+connection is retried with backoff rather than crashing the dataflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from engine.messages import Erased, ModelStatus, Scored, SegmentChange, StageCounters
+from engine.segments import SEGMENTS
+
+log = logging.getLogger(__name__)
+
+RISK_BANDS = ((0.7, "high"), (0.4, "medium"), (0.0, "low"))
+
+
+def customer_key(prefix: str, store_id: str, customer_id: str) -> str:
+    """>>> customer_key("cf", "demo", "42")
+    'cf:{demo}:customer:42'
+    """
+    return f"{prefix}:{{{store_id}}}:customer:{customer_id}"
+
+
+def segment_key(prefix: str, store_id: str, segment: str) -> str:
+    return f"{prefix}:{{{store_id}}}:segment:{segment}"
+
+
+def model_key(prefix: str, shard: int) -> str:
+    return f"{prefix}:model:{shard}"
+
+
+def risk_band(probability: float) -> str:
+    """>>> risk_band(0.75), risk_band(0.5), risk_band(0.1)
+    ('high', 'medium', 'low')
+    """
+    for floor, band in RISK_BANDS:
+        if probability >= floor:
+            return band
+    return "low"
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def profile_document(scored: Scored) -> dict[str, Any]:
+    """The JSON document stored for a customer (the score API's contract)."""
+    request = scored.request
+    return {
+        "store_id": request.store_id,
+        "customer_id": request.customer_id,
+        "churn_probability": round(scored.churn_probability, 6),
+        "risk_band": risk_band(scored.churn_probability),
+        "segment": request.segment,
+        "value_tier": request.value_tier,
+        "reasons": scored.reasons,
+        "model_version": scored.model_version,
+        "model_warm": scored.model_warm,
+        "features": request.features,
+        "profile": request.profile,
+        "updated_at": iso(request.t),
+        "cause": request.cause,
+    }
+
+
+def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
+    """Write one batch of stage outputs in a single pipeline."""
+    latest: dict[tuple[str, str], Scored] = {}
+    erased: dict[tuple[str, str], Erased] = {}
+    statuses: dict[int, ModelStatus] = {}
+    counters: dict[int, StageCounters] = {}
+    for item in items:
+        if isinstance(item, Scored):
+            key = (item.request.store_id, item.request.customer_id)
+            latest[key] = item
+            erased.pop(key, None)
+        elif isinstance(item, Erased):
+            key = (item.store_id, item.customer_id)
+            erased[key] = item
+            latest.pop(key, None)
+        elif isinstance(item, ModelStatus):
+            statuses[item.shard] = item
+        elif isinstance(item, StageCounters):
+            counters[item.key_group] = item
+        elif isinstance(item, SegmentChange):
+            pass  # membership follows the scored profile below
+    pipe = client.pipeline(transaction=False)
+    for (store_id, customer_id), scored in latest.items():
+        doc = profile_document(scored)
+        pipe.set(customer_key(prefix, store_id, customer_id), orjson.dumps(doc))
+        for segment in SEGMENTS:
+            key = segment_key(prefix, store_id, segment)
+            if segment == doc["segment"]:
+                pipe.zadd(key, {customer_id: doc["churn_probability"]})
+            else:
+                pipe.zrem(key, customer_id)
+    for store_id, customer_id in erased:
+        pipe.delete(customer_key(prefix, store_id, customer_id))
+        for segment in SEGMENTS:
+            pipe.zrem(segment_key(prefix, store_id, segment), customer_id)
+    for shard, status in statuses.items():
+        body = {**status.metrics, "model_version": status.model_version}
+        body["model_warm"] = status.model_warm
+        pipe.set(model_key(prefix, shard), orjson.dumps(body))
+    for group, stage in counters.items():
+        body = {"watermark": stage.watermark, **stage.counts}
+        pipe.set(f"{prefix}:stage:{group}", orjson.dumps(body))
+    pipe.execute()
+
+
+class _RedisPartition(StatelessSinkPartition[Any]):
+    def __init__(self, url: str, prefix: str, max_retry_s: float) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=10)
+        self.prefix = prefix
+        self.max_retry_s = max_retry_s
+
+    def write_batch(self, items: list[Any]) -> None:
+        delay = 0.1
+        deadline = time.monotonic() + self.max_retry_s
+        while True:
+            try:
+                write_batch(self.client, self.prefix, items)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("redis write failed, retrying in %.1fs: %s", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisSink(DynamicSink[Any]):
+    """Writes profiles, segments, model status and counters to Redis, in batches."""
+
+    def __init__(self, url: str, prefix: str, max_retry_s: float = 300.0) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.max_retry_s = max_retry_s
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
+        return _RedisPartition(self.url, self.prefix, self.max_retry_s)

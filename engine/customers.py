@@ -1,0 +1,354 @@
+"""The customer stage of one key group: features, prediction points, labels, segments.
+
+This is plain Python; :mod:`engine.flow` only adapts it to a Bytewax
+``StatefulLogic``. One :class:`KeyGroupCustomers` holds every customer of its key
+group, one watermark, one timer heap and one event-id dedup, and turns events
+and watermark moves into outputs (:mod:`engine.messages`).
+
+Labels. A *prediction point* is taken at each in-order order and every
+``checkpoint_days`` of silence after it (at most ``max_silent_checkpoints``); it
+stores the features as of its time t0. It resolves to ``y = 0`` when an order
+arrives in (t0, t0 + H] and to ``y = 1`` when the watermark passes t0 + H without
+one. A point's features contain only events at or before t0: a checkpoint is
+taken either when the watermark passes it (the customer had no later event) or,
+eagerly, just before the customer's first later event is applied. An event
+older than the customer's newest event updates the features but takes no
+point (counted as ``points_skipped_out_of_order``); an order that arrives after
+its point was labelled 1 is counted as ``late_label_flips``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.events import CustomerProfileEvent, EraseRequest, Event, OrderEvent
+from engine.features.state import CustomerState
+from engine.features.vector import FEATURE_NAMES, feature_vector, profile_attributes
+from engine.keygroups import EventIdDedup, TimerHeap, Watermark
+from engine.messages import Erased, Example, ScoreRequest, SegmentChange, StageCounters
+from engine.segments import lifecycle_segment, silent_after_days, value_tier
+
+DAY = 86400.0
+SEP = "\x1f"
+
+COUNTER_NAMES = (
+    "events",
+    "duplicates",
+    "late_events",
+    "out_of_order_events",
+    "points_created",
+    "points_skipped_out_of_order",
+    "points_skipped_cap",
+    "labels_0",
+    "labels_1",
+    "late_label_flips",
+    "erased",
+)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """The customer stage's parameters (taken from :class:`engine.settings.Settings`)."""
+
+    horizon_days: float = 90.0
+    allowed_lateness_s: float = 3 * DAY
+    checkpoint_days: float = 30.0
+    max_silent_checkpoints: int = 6
+    max_pending_points: int = 32
+    dedup_retention_s: float = 7 * DAY
+    value_thresholds: tuple[float, float] = (50.0, 200.0)
+
+    @property
+    def horizon_s(self) -> float:
+        return self.horizon_days * DAY
+
+
+class CustomerRecord:
+    """A customer's state plus the stage's bookkeeping for it."""
+
+    __slots__ = (
+        "state",
+        "last_event_ts",
+        "last_order_ts",
+        "prev_order_ts",
+        "next_checkpoint_ts",
+        "checkpoints_taken",
+        "pending_t0",
+        "pending_features",
+        "segment",
+        "last_churn_t0",
+    )
+
+    def __init__(self) -> None:
+        self.state = CustomerState()
+        self.last_event_ts = float("-inf")
+        self.last_order_ts: float | None = None
+        self.prev_order_ts: float | None = None
+        self.next_checkpoint_ts: float | None = None
+        self.checkpoints_taken = 0
+        self.pending_t0 = array("d")
+        self.pending_features = array("f")
+        self.segment = "prospect"
+        self.last_churn_t0: float | None = None
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, values: tuple[Any, ...]) -> None:
+        for name, value in zip(self.__slots__, values, strict=True):
+            setattr(self, name, value)
+
+    def note_order(self, ts: float) -> None:
+        """Keep the two newest order times (exact whatever the arrival order)."""
+        if self.last_order_ts is None or ts >= self.last_order_ts:
+            self.prev_order_ts, self.last_order_ts = self.last_order_ts, ts
+        elif self.prev_order_ts is None or ts > self.prev_order_ts:
+            self.prev_order_ts = ts
+
+
+@dataclass
+class KeyGroupCustomers:
+    """All customers of one key group, with its watermark and timers."""
+
+    config: StageConfig
+    customers: dict[str, CustomerRecord] = field(default_factory=dict)
+    watermark: Watermark = field(init=False)
+    timers: TimerHeap = field(default_factory=TimerHeap)
+    dedup: EventIdDedup = field(init=False)
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
+    group_id: int = -1
+    """The key group number, learned from the first event (Bytewax builders get no key)."""
+
+    def __post_init__(self) -> None:
+        self.watermark = Watermark(self.config.allowed_lateness_s)
+        self.dedup = EventIdDedup(self.config.dedup_retention_s)
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """An immutable copy of the whole group, cheap to take (one pickle)."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def restore(blob: bytes) -> KeyGroupCustomers:
+        group = pickle.loads(blob)
+        assert isinstance(group, KeyGroupCustomers)
+        return group
+
+    # -- events ------------------------------------------------------------------
+
+    def on_event(self, event: Event, amount_base: float) -> list[Any]:
+        """Fold one event in; return the outputs it causes (timers included)."""
+        ts = event.ts
+        counters = self.counters
+        if self.dedup.seen_before(event.event_id, ts):
+            counters["duplicates"] += 1
+            return []
+        counters["events"] += 1
+        if self.watermark.observe(ts):
+            counters["late_events"] += 1
+        key = f"{event.store_id}{SEP}{event.customer_id}"
+        out: list[Any] = []
+        if isinstance(event, EraseRequest):
+            if self.customers.pop(key, None) is not None:
+                counters["erased"] += 1
+            out.append(Erased(event.store_id, event.customer_id, ts))
+            out.extend(self._fire_timers())
+            return out
+
+        record = self.customers.get(key)
+        if record is None:
+            record = self.customers[key] = CustomerRecord()
+        in_order = ts >= record.last_event_ts
+        if in_order:
+            # checkpoints the customer's silence reached before this event
+            while record.next_checkpoint_ts is not None and record.next_checkpoint_ts < ts:
+                out.extend(self._take_checkpoint(key, record, record.next_checkpoint_ts))
+        else:
+            counters["out_of_order_events"] += 1
+
+        record.state.apply(event, amount_base)
+        is_order = isinstance(event, OrderEvent) and event.type == "order_created"
+        if is_order:
+            out.extend(self._on_order(key, record, ts, in_order))
+        if in_order:
+            record.last_event_ts = ts
+        t = record.last_event_ts
+        out.extend(self._score_request(key, record, t, "event"))
+        out.extend(self._fire_timers())
+        return out
+
+    def _on_order(self, key: str, record: CustomerRecord, ts: float, in_order: bool) -> list[Any]:
+        out: list[Any] = []
+        horizon = self.config.horizon_s
+        # resolve pending points that this order answers with y = 0
+        keep_t0 = array("d")
+        keep_features = array("f")
+        width = len(FEATURE_NAMES)
+        for i, t0 in enumerate(record.pending_t0):
+            if t0 < ts <= t0 + horizon:
+                out.append(self._example(key, t0, record.pending_features, i, 0, ts))
+            else:
+                keep_t0.append(t0)
+                keep_features.extend(record.pending_features[i * width : (i + 1) * width])
+        labelled = record.last_churn_t0
+        if labelled is not None and labelled < ts <= labelled + horizon:
+            # a late order answers a point that was already labelled 1
+            self.counters["late_label_flips"] += 1
+        record.pending_t0, record.pending_features = keep_t0, keep_features
+        previous_last = record.last_order_ts
+        record.note_order(ts)
+        if record.last_order_ts != previous_last:
+            # a newer last order: a new silence, a new checkpoint schedule
+            record.checkpoints_taken = 0
+            start = max(record.last_order_ts or ts, record.last_event_ts)
+            record.next_checkpoint_ts = self._next_checkpoint_after(record, start)
+            self._schedule_segment_timers(key, record)
+        if in_order:
+            out.extend(self._add_point(key, record, ts))
+        else:
+            self.counters["points_skipped_out_of_order"] += 1
+        return out
+
+    # -- timers ------------------------------------------------------------------
+
+    def advance_to(self, ts: float) -> list[Any]:
+        """Move the watermark to ``ts`` (idle wall clock, replay end) and fire timers."""
+        self.watermark.advance_to(ts)
+        return self._fire_timers()
+
+    def _fire_timers(self) -> list[Any]:
+        due = self.timers.pop_due(self.watermark.value)
+        if not due:
+            return []
+        out: list[Any] = []
+        for timer in due:
+            record = self.customers.get(timer.customer_key)
+            if record is None:  # erased since
+                continue
+            if timer.kind == "label":
+                out.extend(self._resolve_churned(timer.customer_key, record, timer.ref, timer.at))
+            elif timer.kind == "checkpoint":
+                # re-check: the schedule may have moved since this timer was set
+                if record.next_checkpoint_ts == timer.ref and record.last_event_ts <= timer.ref:
+                    out.extend(self._take_checkpoint(timer.customer_key, record, timer.ref))
+            elif timer.kind == "segment" and timer.ref == record.last_order_ts:
+                out.extend(self._score_request(timer.customer_key, record, timer.at, "checkpoint"))
+        self.dedup.prune(self.watermark.value)
+        return out
+
+    def _next_checkpoint_after(self, record: CustomerRecord, start: float) -> float | None:
+        last_order = record.last_order_ts
+        if last_order is None:
+            return None
+        step = self.config.checkpoint_days * DAY
+        k = int((start - last_order) // step) + 1
+        if k > self.config.max_silent_checkpoints:
+            return None
+        at = last_order + k * step
+        return at
+
+    def _take_checkpoint(self, key: str, record: CustomerRecord, at: float) -> list[Any]:
+        record.checkpoints_taken += 1
+        out = self._add_point(key, record, at)
+        out.extend(self._score_request(key, record, at, "checkpoint"))
+        record.next_checkpoint_ts = self._next_checkpoint_after(record, at)
+        if record.next_checkpoint_ts is not None:
+            self.timers.push(
+                record.next_checkpoint_ts, "checkpoint", key, record.next_checkpoint_ts
+            )
+        return out
+
+    def _schedule_segment_timers(self, key: str, record: CustomerRecord) -> None:
+        last_order = record.last_order_ts
+        if last_order is None:
+            return
+        if record.next_checkpoint_ts is not None:
+            self.timers.push(
+                record.next_checkpoint_ts, "checkpoint", key, record.next_checkpoint_ts
+            )
+        gap = self._gap_mean_days(record)
+        for days in (silent_after_days(gap, self.config.horizon_days), self.config.horizon_days):
+            self.timers.push(last_order + days * DAY + 1.0, "segment", key, last_order)
+
+    # -- prediction points and labels -------------------------------------------
+
+    def _add_point(self, key: str, record: CustomerRecord, t0: float) -> list[Any]:
+        if len(record.pending_t0) >= self.config.max_pending_points:
+            self.counters["points_skipped_cap"] += 1
+            return []
+        features = feature_vector(record.state, t0)
+        record.pending_t0.append(t0)
+        record.pending_features.extend(features[name] for name in FEATURE_NAMES)
+        self.timers.push(t0 + self.config.horizon_s, "label", key, t0)
+        self.counters["points_created"] += 1
+        return []
+
+    def _example(
+        self, key: str, t0: float, flat: array, index: int, y: int, resolved_at: float
+    ) -> Example:
+        width = len(FEATURE_NAMES)
+        values = flat[index * width : (index + 1) * width]
+        store_id, customer_id = key.split(SEP, 1)
+        self.counters["labels_1" if y else "labels_0"] += 1
+        features = {name: float(v) for name, v in zip(FEATURE_NAMES, values, strict=True)}
+        return Example(store_id, customer_id, t0, features, y, resolved_at)
+
+    def _resolve_churned(self, key: str, record: CustomerRecord, t0: float, at: float) -> list[Any]:
+        for i, pending in enumerate(record.pending_t0):
+            if pending == t0:
+                example = self._example(key, t0, record.pending_features, i, 1, at)
+                width = len(FEATURE_NAMES)
+                del record.pending_t0[i]
+                del record.pending_features[i * width : (i + 1) * width]
+                record.last_churn_t0 = max(t0, record.last_churn_t0 or t0)
+                return [example]
+        return []  # answered by an order before the watermark got here
+
+    # -- scoring -------------------------------------------------------------------
+
+    @staticmethod
+    def _gap_mean_days(record: CustomerRecord) -> float | None:
+        if record.state.order_count < 2:
+            return None
+        return float(feature_vector(record.state, record.last_event_ts)["gap_mean_days"])
+
+    def _score_request(self, key: str, record: CustomerRecord, t: float, cause: str) -> list[Any]:
+        features = feature_vector(record.state, t)
+        state = record.state
+        days_since = features["days_since_last_order"] if state.has_orders else None
+        last_gap = None
+        if record.last_order_ts is not None and record.prev_order_ts is not None:
+            last_gap = (record.last_order_ts - record.prev_order_ts) / DAY
+        gap_mean = features["gap_mean_days"] if state.order_count >= 2 else None
+        segment = lifecycle_segment(
+            state.order_count, days_since, gap_mean, last_gap, self.config.horizon_days
+        )
+        tier = value_tier(features["spend_total_base"], self.config.value_thresholds)
+        store_id, customer_id = key.split(SEP, 1)
+        out: list[Any] = []
+        if segment != record.segment:
+            out.append(SegmentChange(store_id, customer_id, t, record.segment, segment))
+            record.segment = segment
+        profile = profile_attributes(state)
+        out.append(ScoreRequest(store_id, customer_id, t, features, segment, tier, profile, cause))
+        return out
+
+    def final(self, end_ts: float) -> list[Any]:
+        """Close a replay: advance to its end, then score every customer with an order."""
+        out = self.advance_to(end_ts)
+        for key in sorted(self.customers):
+            record = self.customers[key]
+            if record.state.has_orders:
+                out.extend(self._score_request(key, record, end_ts, "final"))
+        out.append(self.counters_message())
+        return out
+
+    def counters_message(self) -> StageCounters:
+        counts = dict(self.counters)
+        counts["customers"] = len(self.customers)
+        counts["timers"] = len(self.timers)
+        return StageCounters(self.group_id, counts, self.watermark.value)

@@ -1,0 +1,261 @@
+"""The one dataflow of churnflow, for live and replay: composition only.
+
+::
+
+    input ─► decode ─┬─► dead letters ─► dead-letter sink
+                     └─► key group ─► customers (stateful) ─┬─► model (stateful_batch) ─► redis
+                                                            ├─► examples sink (optional)
+                                                            └─► segment changes, counters ─► redis
+
+Input items are raw bytes (or Kafka messages carrying them); the domain logic
+lives in :mod:`engine.customers` and :mod:`engine.models.online`, which the
+classes here only adapt to Bytewax.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic, StatefulLogic
+from bytewax.outputs import Sink
+
+from engine.clock import wall_now, wall_now_dt
+from engine.customers import KeyGroupCustomers, StageConfig
+from engine.errors import ChurnflowError
+from engine.events import Event, EventDecodeError, OrderEvent, decode_event
+from engine.features.currency import to_base
+from engine.keygroups import key_group
+from engine.messages import DeadLetter, Example, ModelStatus, ScoreRequest, Scored
+from engine.models.online import ChurnModel
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WALL_TICK = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class FlowSinks:
+    """Where the dataflow's outputs go; tests pass ``TestingSink``s."""
+
+    redis: Sink[Any]
+    dead_letter: Sink[Any]
+    examples: Sink[Any] | None = None
+    scores: Sink[Any] | None = None
+
+
+def stage_config(settings: Settings) -> StageConfig:
+    return StageConfig(
+        horizon_days=settings.horizon_days,
+        allowed_lateness_s=settings.allowed_lateness_s,
+        checkpoint_days=settings.checkpoint_days,
+        max_silent_checkpoints=settings.max_silent_checkpoints,
+        dedup_retention_s=settings.dedup_retention_s,
+        value_thresholds=(settings.value_tier_low_max, settings.value_tier_mid_max),
+    )
+
+
+# -- step 1: decode ---------------------------------------------------------------
+
+
+def decode_item(item: Any, settings: Settings) -> tuple[Event, float] | DeadLetter:
+    """Raw input → (event, amount in base currency), or a dead letter saying why."""
+    if isinstance(item, KafkaSourceMessage):
+        raw, source = item.value, f"{item.topic}/{item.partition}/{item.offset}"
+    elif isinstance(item, KafkaError):
+        return DeadLetter(b"", f"broker error: {item.err}", "decode", "kafka")
+    elif isinstance(item, tuple) and len(item) == 2:
+        source, raw = item
+    else:
+        raw, source = item, "input"
+    if raw is None:
+        return DeadLetter(b"", "empty message value", "decode", str(source))
+    raw_bytes = raw if isinstance(raw, bytes) else str(raw).encode()
+    try:
+        event = decode_event(raw_bytes)
+        amount = 0.0
+        if isinstance(event, OrderEvent):
+            amount = to_base(
+                event.amount, event.currency, settings.currency_rates, settings.base_currency
+            )
+    except (EventDecodeError, ChurnflowError) as exc:
+        return DeadLetter(raw_bytes, str(exc), "decode", str(source))
+    return event, amount
+
+
+# -- step 3: customers ------------------------------------------------------------
+
+
+class KeyGroupLogic(StatefulLogic[tuple[Event, float], Any, bytes]):
+    """Adapts :class:`KeyGroupCustomers` to Bytewax; state is one pickle per group."""
+
+    def __init__(
+        self, group: KeyGroupCustomers, clock: str, final_ts: float | None, key_groups: int
+    ) -> None:
+        self.group = group
+        self.key_groups = key_groups
+        self.clock = clock
+        self.final_ts = final_ts
+
+    def on_item(self, value: tuple[Event, float]) -> tuple[list[Any], bool]:
+        event, amount = value
+        if self.group.group_id < 0:
+            self.group.group_id = key_group(event.store_id, event.customer_id, self.key_groups)
+        return self.group.on_event(event, amount), StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        # Bytewax calls this once the scheduled time passed, even if on_item just
+        # moved things: advance_to() re-checks every timer against the watermark.
+        out = self.group.advance_to(wall_now() - self.group.config.allowed_lateness_s)
+        out.append(self.group.counters_message())
+        return out, StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        if self.final_ts is not None:
+            return self.group.final(self.final_ts), StatefulLogic.RETAIN
+        return [self.group.counters_message()], StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self.clock == "wall":
+            return wall_now_dt() + WALL_TICK
+        return None
+
+    def snapshot(self) -> bytes:
+        return self.group.snapshot()
+
+
+# -- step 4: model ---------------------------------------------------------------
+
+
+class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
+    """Adapts :class:`ChurnModel`: learn examples, score requests in batches.
+
+    Items are handled in arrival order; consecutive score requests are scored
+    together. ``final`` requests (a replay's end) wait for EOF so that they are
+    scored by the model after everything before the end was learned.
+    """
+
+    def __init__(self, model: ChurnModel) -> None:
+        self.model = model
+        self.final_requests: list[ScoreRequest] = []
+        self.status_due = False
+
+    def _score(self, requests: list[ScoreRequest]) -> list[Scored]:
+        results = self.model.score_batch([r.features for r in requests])
+        version, warm = self.model.version, self.model.warm
+        return [
+            Scored(request, p, reasons, version, warm)
+            for request, (p, reasons) in zip(requests, results, strict=True)
+        ]
+
+    def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        pending: list[ScoreRequest] = []
+        learned_before = self.model.learned
+        for item in values:
+            if isinstance(item, ScoreRequest):
+                if item.cause == "final":
+                    self.final_requests.append(item)
+                else:
+                    pending.append(item)
+            elif isinstance(item, Example):
+                if pending:
+                    out.extend(self._score(pending))
+                    pending = []
+                self.model.learn(item.features, item.y)
+        if pending:
+            out.extend(self._score(pending))
+        if self.model.learned != learned_before:
+            out.append(self._status())
+        return out, StatefulBatchLogic.RETAIN
+
+    def _status(self) -> ModelStatus:
+        status = self.model.status()
+        return ModelStatus(self.model.shard, self.model.version, self.model.warm, status)
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        if self.final_requests:
+            requests = sorted(self.final_requests, key=lambda r: (r.store_id, r.customer_id))
+            self.final_requests = []
+            out.extend(self._score(requests))
+        out.append(self._status())
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return self.model.snapshot()
+
+
+def model_shard(item: Any, shards: int) -> str:
+    """Model shard key of a score request or example (``"0"`` with one shard)."""
+    if shards == 1:
+        return "0"
+    return str(key_group(item.store_id, item.customer_id, shards))
+
+
+# -- composition ------------------------------------------------------------------
+
+
+def build_flow(
+    source: Source[Any],
+    sinks: FlowSinks,
+    settings: Settings,
+    *,
+    final_ts: float | None = None,
+    flow_id: str = "churnflow",
+) -> Dataflow:
+    """The churnflow dataflow. ``final_ts`` closes a replay at that event time."""
+    flow = Dataflow(flow_id)
+    raw = op.input("input", flow, source)
+    decoded = op.map("decode", raw, lambda item: decode_item(item, settings))
+    branches = op.branch("valid", decoded, lambda x: not isinstance(x, DeadLetter))
+    op.output("dead_letter", branches.falses, sinks.dead_letter)
+
+    groups = settings.key_groups
+    keyed = op.key_on(
+        "key_group",
+        branches.trues,
+        lambda ev: str(key_group(ev[0].store_id, ev[0].customer_id, groups)),
+    )
+
+    def build_group(resume: bytes | None) -> KeyGroupLogic:
+        group = (
+            KeyGroupCustomers.restore(resume)
+            if resume is not None
+            else KeyGroupCustomers(stage_config(settings))
+        )
+        return KeyGroupLogic(group, settings.clock, final_ts, groups)
+
+    customers = op.stateful("customers", keyed, build_group)
+    stage_out = op.key_rm("customers_out", customers)
+
+    to_model = op.filter("to_model", stage_out, lambda x: isinstance(x, (ScoreRequest, Example)))
+    if sinks.examples is not None:
+        examples = op.filter("examples", stage_out, lambda x: isinstance(x, Example))
+        op.output("examples_out", examples, sinks.examples)
+    shards = settings.model_shards
+    model_keyed = op.key_on("model_shard", to_model, lambda x: model_shard(x, shards))
+
+    def build_model(resume: bytes | None) -> ModelLogic:
+        if resume is not None:
+            return ModelLogic(ChurnModel.restore(resume))
+        return ModelLogic(ChurnModel(settings.model_warm_examples))
+
+    scored = op.key_rm("model_out", op.stateful_batch("model", model_keyed, build_model))
+    if sinks.scores is not None:
+        op.output(
+            "scores_out", op.filter("scored", scored, lambda x: isinstance(x, Scored)), sinks.scores
+        )
+
+    others = op.filter(
+        "stage_events", stage_out, lambda x: not isinstance(x, (ScoreRequest, Example))
+    )
+    op.output("redis", op.merge("to_redis", scored, others), sinks.redis)
+    return flow

@@ -1,0 +1,136 @@
+"""Key groups: routing, the event-time watermark, timers and event-id dedup.
+
+Bytewax's per-key clocks only move when a key sees an event, so churnflow keys
+its customer state by *key group* (as Flink does): ``crc32(store:customer) %
+KEY_GROUPS``. Each group owns one :class:`Watermark`, one :class:`TimerHeap` and
+one :class:`EventIdDedup`; these are plain classes, tested without a dataflow.
+
+>>> key_group("demo", "42", 128)
+121
+>>> wm = Watermark(lateness_s=10.0)
+>>> wm.observe(100.0), wm.value
+(False, 90.0)
+>>> wm.observe(50.0), wm.value       # older than the watermark: late, no movement
+(True, 90.0)
+>>> timers = TimerHeap()
+>>> timers.push(95.0, "label", "demo\\x1f42", 5.0)
+>>> timers.push(80.0, "checkpoint", "demo\\x1f42", 0.0)
+>>> [t.at for t in timers.pop_due(wm.value)]
+[80.0]
+"""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from dataclasses import dataclass
+
+
+def key_group(store_id: str, customer_id: str, key_groups: int) -> int:
+    """The key group of a customer: stable across processes and releases."""
+    return zlib.crc32(f"{store_id}:{customer_id}".encode()) % key_groups
+
+
+class Watermark:
+    """The largest event time seen minus the allowed lateness; it never goes back."""
+
+    __slots__ = ("lateness_s", "max_event_ts", "value")
+
+    def __init__(self, lateness_s: float) -> None:
+        self.lateness_s = lateness_s
+        self.max_event_ts = float("-inf")
+        self.value = float("-inf")
+
+    def observe(self, ts: float) -> bool:
+        """Take an event time into account; return True when the event is late."""
+        late = ts < self.value
+        if ts > self.max_event_ts:
+            self.max_event_ts = ts
+            self.value = max(self.value, ts - self.lateness_s)
+        return late
+
+    def advance_to(self, ts: float) -> None:
+        """Move the watermark to ``ts`` (wall clock when idle, or a replay's end)."""
+        if ts > self.value:
+            self.value = ts
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Timer:
+    at: float
+    seq: int
+    kind: str
+    customer_key: str
+    ref: float
+    """What the timer was set for (a prediction point's t0, or the last order time
+    it was scheduled from), so that a stale timer can be recognised when it fires."""
+
+
+class TimerHeap:
+    """A min-heap of event-time timers; fires in (time, insertion) order."""
+
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[Timer] = []
+        self._seq = 0
+
+    def push(self, at: float, kind: str, customer_key: str, ref: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, Timer(at, self._seq, kind, customer_key, ref))
+
+    def pop_due(self, watermark: float) -> list[Timer]:
+        """Remove and return every timer at or before the watermark, earliest first."""
+        due = []
+        while self._heap and self._heap[0].at <= watermark:
+            due.append(heapq.heappop(self._heap))
+        return due
+
+    def next_at(self) -> float | None:
+        return self._heap[0].at if self._heap else None
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+class EventIdDedup:
+    """Remembers event ids for ``retention_s`` of event time past the watermark.
+
+    Webhooks are retried within minutes to hours; an id is forgotten once the
+    watermark is more than ``retention_s`` past the event's own time, so memory
+    stays bounded. Ids are kept as 64-bit hashes.
+
+    >>> d = EventIdDedup(retention_s=100.0)
+    >>> d.seen_before("a", 10.0), d.seen_before("a", 10.0)
+    (False, True)
+    >>> d.prune(watermark=500.0); len(d)
+    0
+    """
+
+    __slots__ = ("retention_s", "_ids")
+
+    def __init__(self, retention_s: float) -> None:
+        self.retention_s = retention_s
+        self._ids: dict[int, float] = {}
+
+    @staticmethod
+    def _hash(event_id: str) -> int:
+        data = event_id.encode()
+        return (zlib.crc32(data) << 32) | zlib.adler32(data)
+
+    def seen_before(self, event_id: str, ts: float) -> bool:
+        """True when the id was seen; otherwise remember it and return False."""
+        h = self._hash(event_id)
+        if h in self._ids:
+            return True
+        self._ids[h] = ts
+        return False
+
+    def prune(self, watermark: float) -> None:
+        horizon = watermark - self.retention_s
+        stale = [h for h, ts in self._ids.items() if ts < horizon]
+        for h in stale:
+            del self._ids[h]
+
+    def __len__(self) -> int:
+        return len(self._ids)

@@ -1,0 +1,24 @@
+"""The live dataflow, importable by ``python -m bytewax.run engine.live:get_flow()``.
+
+Settings come from the environment (``CHURNFLOW_*``), so several processes
+started with ``-i``/``-a`` build the same flow.
+"""
+
+from __future__ import annotations
+
+from bytewax.dataflow import Dataflow
+
+from engine.connectors.kafka import DeadLetterSink, events_source
+from engine.connectors.redis_sink import RedisSink
+from engine.flow import FlowSinks, build_flow
+from engine.settings import Settings
+
+
+def get_flow() -> Dataflow:
+    settings = Settings()
+    sinks = FlowSinks(
+        redis=RedisSink(settings.redis_url, settings.key_prefix),
+        dead_letter=DeadLetterSink(settings.brokers, settings.dead_letter_topic),
+    )
+    source = events_source(settings.brokers, settings.events_topic)
+    return build_flow(source, sinks, settings)
