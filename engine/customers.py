@@ -7,9 +7,10 @@ and watermark moves into outputs (:mod:`engine.messages`).
 
 Labels. A *prediction point* is taken at each in-order order and every
 ``checkpoint_days`` of silence after it (at most ``max_silent_checkpoints``); it
-stores the features as of its time t0. It resolves to ``y = 0`` when an order
-arrives in (t0, t0 + H] and to ``y = 1`` when the watermark passes t0 + H without
-one. A point's features contain only events at or before t0: a checkpoint is
+stores the features as of its time t0. When the watermark passes t0 + H it is
+emitted as an :class:`Example`: ``y = 0`` if an order arrived in (t0, t0 + H],
+else ``y = 1``. Both labels wait for the full horizon, so the model never sees
+recent non-churners before the churners of the same period (label-delay bias). A point's features contain only events at or before t0: a checkpoint is
 taken either when the watermark passes it (the customer had no later event) or,
 eagerly, just before the customer's first later event is applied. An event
 older than the customer's newest event updates the features but takes no
@@ -19,6 +20,7 @@ its point was labelled 1 is counted as ``late_label_flips``.
 
 from __future__ import annotations
 
+import math
 import pickle
 from array import array
 from dataclasses import dataclass, field
@@ -78,6 +80,7 @@ class CustomerRecord:
         "checkpoints_taken",
         "pending_t0",
         "pending_features",
+        "pending_answer",
         "segment",
         "last_churn_t0",
     )
@@ -91,6 +94,8 @@ class CustomerRecord:
         self.checkpoints_taken = 0
         self.pending_t0 = array("d")
         self.pending_features = array("f")
+        self.pending_answer = array("d")
+        """Per pending point: time of the first order in its horizon, NaN while none."""
         self.segment = "prospect"
         self.last_churn_t0: float | None = None
 
@@ -184,21 +189,17 @@ class KeyGroupCustomers:
     def _on_order(self, key: str, record: CustomerRecord, ts: float, in_order: bool) -> list[Any]:
         out: list[Any] = []
         horizon = self.config.horizon_s
-        # resolve pending points that this order answers with y = 0
-        keep_t0 = array("d")
-        keep_features = array("f")
-        width = len(FEATURE_NAMES)
+        # answer the pending points this order falls in the horizon of (y = 0); they
+        # are emitted when the watermark passes t0 + H, like the points labelled 1,
+        # so that the model never learns recent non-churners before recent churners
         for i, t0 in enumerate(record.pending_t0):
             if t0 < ts <= t0 + horizon:
-                out.append(self._example(key, t0, record.pending_features, i, 0, ts))
-            else:
-                keep_t0.append(t0)
-                keep_features.extend(record.pending_features[i * width : (i + 1) * width])
+                answered = record.pending_answer[i]
+                record.pending_answer[i] = ts if answered != answered else min(answered, ts)
         labelled = record.last_churn_t0
         if labelled is not None and labelled < ts <= labelled + horizon:
             # a late order answers a point that was already labelled 1
             self.counters["late_label_flips"] += 1
-        record.pending_t0, record.pending_features = keep_t0, keep_features
         previous_last = record.last_order_ts
         record.note_order(ts)
         if record.last_order_ts != previous_last:
@@ -230,7 +231,7 @@ class KeyGroupCustomers:
             if record is None:  # erased since
                 continue
             if timer.kind == "label":
-                out.extend(self._resolve_churned(timer.customer_key, record, timer.ref, timer.at))
+                out.extend(self._resolve(timer.customer_key, record, timer.ref, timer.at))
             elif timer.kind == "checkpoint":
                 # re-check: the schedule may have moved since this timer was set
                 if record.next_checkpoint_ts == timer.ref and record.last_event_ts <= timer.ref:
@@ -282,6 +283,7 @@ class KeyGroupCustomers:
             return []
         features = feature_vector(record.state, t0)
         record.pending_t0.append(t0)
+        record.pending_answer.append(math.nan)
         record.pending_features.extend(features[name] for name in FEATURE_NAMES)
         self.timers.push(t0 + self.config.horizon_s, "label", key, t0)
         self.counters["points_created"] += 1
@@ -297,16 +299,23 @@ class KeyGroupCustomers:
         features = {name: float(v) for name, v in zip(FEATURE_NAMES, values, strict=True)}
         return Example(store_id, customer_id, t0, features, y, resolved_at)
 
-    def _resolve_churned(self, key: str, record: CustomerRecord, t0: float, at: float) -> list[Any]:
+    def _resolve(self, key: str, record: CustomerRecord, t0: float, at: float) -> list[Any]:
+        """The watermark passed t0 + H: emit the point, y = 0 if an order answered it."""
         for i, pending in enumerate(record.pending_t0):
             if pending == t0:
-                example = self._example(key, t0, record.pending_features, i, 1, at)
+                answered = record.pending_answer[i]
+                churned = answered != answered  # NaN: no order within the horizon
+                example = self._example(
+                    key, t0, record.pending_features, i, int(churned), at if churned else answered
+                )
                 width = len(FEATURE_NAMES)
                 del record.pending_t0[i]
+                del record.pending_answer[i]
                 del record.pending_features[i * width : (i + 1) * width]
-                record.last_churn_t0 = max(t0, record.last_churn_t0 or t0)
+                if churned:
+                    record.last_churn_t0 = max(t0, record.last_churn_t0 or t0)
                 return [example]
-        return []  # answered by an order before the watermark got here
+        return []
 
     # -- scoring -------------------------------------------------------------------
 
