@@ -327,3 +327,12 @@ def test_late_order_before_folded_prefix_keeps_counts_exact() -> None:
     assert v["order_count"] == len(days) + 1
     assert s.first_order_ts == T0
     assert v["gap_mean_days"] == pytest.approx(days[-1] / len(days))
+
+
+def test_gap_cache_is_invalidated_by_new_orders() -> None:
+    s = fold(order(0))
+    assert fv(s, 1)["gap_mean_days"] == 0.0  # fills the cache
+    s.apply(order(10), 10.0)
+    assert fv(s, 11)["gap_mean_days"] == 10.0
+    s.apply(order(4), 10.0)  # late
+    assert fv(s, 11)["gap_std_days"] == pytest.approx(1.0)

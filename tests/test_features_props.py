@@ -246,8 +246,11 @@ def test_any_order_with_prune_and_pickle_equals_oracle(data: Any, events: list[A
     prune_at = data.draw(st.integers(0, len(perm)), label="prune position")
     horizon = data.draw(st.floats(first - 400 * DAY, latest + 60 * DAY), label="horizon")
     pickle_at = data.draw(st.integers(0, len(perm)), label="pickle position")
+    peek_at = data.draw(st.integers(0, len(perm)), label="intermediate query position")
     state = CustomerState()
     for i, e in enumerate(perm):
+        if i == peek_at:  # fills any caches; later events must invalidate them
+            feature_vector(state, latest)
         if i == prune_at:
             state.prune(horizon)
         if i == pickle_at:

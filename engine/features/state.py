@@ -172,6 +172,7 @@ class CustomerState:
         "_consent_known",
         "_consent_granted",
         "_lww",
+        "gap_cache",
     )
 
     def __init__(self) -> None:
@@ -186,7 +187,7 @@ class CustomerState:
         self._fold_last = _NEG_INF  # latest folded order time
         self._decay_ref = _NEG_INF  # time at which _decay holds its values
         # orders at the three half-lives, then spend at the three half-lives
-        self._decay: array[float] = array("d", (0.0,) * 6)
+        self._decay: tuple[float, ...] = (0.0,) * 6
         self._spend = 0.0
         self._refund_n = 0
         self._refund_amount = 0.0
@@ -208,6 +209,9 @@ class CustomerState:
         self._consent_known = 0  # bit per channel in CHANNELS order
         self._consent_granted = 0
         self._lww: array[float] | None = None  # created at the first LWW write
+        # (mean, std) of the gaps in days, filled by engine.features.vector,
+        # reset by every order; not pickled.
+        self.gap_cache: tuple[float, float] | None = None
 
     # -- public read-only view ------------------------------------------------
 
@@ -254,6 +258,7 @@ class CustomerState:
 
     def _order_created(self, event: Any, ts: float, amount: float) -> None:
         self._order_n += 1
+        self.gap_cache = None
         if ts < self._first_order:
             self._first_order = ts
         if ts > self._last_order:
@@ -268,48 +273,52 @@ class CustomerState:
             insort(arr, ts)
         self._spend += amount
         self._add_decayed(ts, amount)
-        if event.discount_codes or any(li.discount_code for li in event.line_items):
+        discounted = bool(event.discount_codes)
+        for item in event.line_items:
+            if item.discount_code:
+                discounted = True
+            if item.category:
+                self._add_category(item.category)
+        if discounted:
             self._discount_n += 1
-        for li in event.line_items:
-            if li.category:
-                self._add_category(li.category)
         if len(arr) > ORDER_TS_KEEP:
             self._fold_orders()
 
     def _add_decayed(self, ts: float, amount: float) -> None:
-        d = self._decay
+        # A tuple rebuilt per order is ~4x faster than in-place updates of an array.
+        o7, o30, o90, s7, s30, s90 = self._decay
         ref = self._decay_ref
         r7, r30, r90 = _DECAY_RATES
         if ts > ref:
-            if ref != _NEG_INF:
+            if ref == _NEG_INF:
+                f7 = f30 = f90 = 0.0
+            else:
                 dt = ts - ref
-                f = math.exp(-r7 * dt)
-                d[0] *= f
-                d[3] *= f
-                f = math.exp(-r30 * dt)
-                d[1] *= f
-                d[4] *= f
-                f = math.exp(-r90 * dt)
-                d[2] *= f
-                d[5] *= f
+                f7 = math.exp(-r7 * dt)
+                f30 = math.exp(-r30 * dt)
+                f90 = math.exp(-r90 * dt)
             self._decay_ref = ts
-            d[0] += 1.0
-            d[1] += 1.0
-            d[2] += 1.0
-            d[3] += amount
-            d[4] += amount
-            d[5] += amount
+            self._decay = (
+                o7 * f7 + 1.0,
+                o30 * f30 + 1.0,
+                o90 * f90 + 1.0,
+                s7 * f7 + amount,
+                s30 * f30 + amount,
+                s90 * f90 + amount,
+            )
         else:
             dt = ref - ts
-            f = math.exp(-r7 * dt)
-            d[0] += f
-            d[3] += amount * f
-            f = math.exp(-r30 * dt)
-            d[1] += f
-            d[4] += amount * f
-            f = math.exp(-r90 * dt)
-            d[2] += f
-            d[5] += amount * f
+            f7 = math.exp(-r7 * dt)
+            f30 = math.exp(-r30 * dt)
+            f90 = math.exp(-r90 * dt)
+            self._decay = (
+                o7 + f7,
+                o30 + f30,
+                o90 + f90,
+                s7 + amount * f7,
+                s30 + amount * f30,
+                s90 + amount * f90,
+            )
 
     def _add_category(self, category: str) -> None:
         cats = self._categories
@@ -333,6 +342,7 @@ class CustomerState:
             prev = ts
             k += 1
         if k:
+            self.gap_cache = None
             del arr[:k]
             self._fold_n += k
             self._fold_sq = sq
@@ -455,7 +465,7 @@ class CustomerState:
             self._fold_sq,
             self._fold_last,
             self._decay_ref,
-            self._decay.tobytes(),
+            self._decay,
             self._spend,
             self._refund_n,
             self._refund_amount,
@@ -494,7 +504,7 @@ class CustomerState:
             self._fold_sq,
             self._fold_last,
             self._decay_ref,
-            decay,
+            self._decay,
             self._spend,
             self._refund_n,
             self._refund_amount,
@@ -518,7 +528,6 @@ class CustomerState:
             lww,
         ) = state
         self._order_ts = _floats(order_ts)
-        self._decay = _floats(decay)
         self._categories = array("I")
         self._categories.frombytes(categories)
         self._views = _floats(views)
@@ -527,6 +536,7 @@ class CustomerState:
         self._clicked = _floats(clicked)
         self._unsubscribed = _floats(unsubscribed)
         self._lww = None if lww is None else _floats(lww)
+        self.gap_cache = None
 
     def __repr__(self) -> str:
         return (

@@ -153,7 +153,10 @@ def gap_stats(s: CustomerState) -> tuple[float, float]:
 
 def gaps(s: CustomerState, te: float) -> tuple[float, ...]:
     """gap_mean_days, gap_std_days and overdue_ratio (see the module docstring)."""
-    mean, std = gap_stats(s)
+    cached = s.gap_cache
+    if cached is None:
+        cached = s.gap_cache = gap_stats(s)
+    mean, std = cached
     n = s._order_n
     if n == 0:
         return mean, std, 0.0
