@@ -176,17 +176,24 @@ class KeyGroupCustomers:
             counters["out_of_order_events"] += 1
 
         record.state.apply(event, amount_base)
-        is_order = isinstance(event, OrderEvent) and event.type == "order_created"
-        if is_order:
-            out.extend(self._on_order(key, record, ts, in_order))
         if in_order:
             record.last_event_ts = ts
         t = record.last_event_ts
-        out.extend(self._score_request(key, record, t, "event"))
+        features = feature_vector(record.state, t)
+        if isinstance(event, OrderEvent) and event.type == "order_created":
+            out.extend(self._on_order(key, record, ts, in_order, features))
+        out.extend(self._score_request(key, record, t, "event", features))
         out.extend(self._fire_timers())
         return out
 
-    def _on_order(self, key: str, record: CustomerRecord, ts: float, in_order: bool) -> list[Any]:
+    def _on_order(
+        self,
+        key: str,
+        record: CustomerRecord,
+        ts: float,
+        in_order: bool,
+        features: dict[str, float],
+    ) -> list[Any]:
         out: list[Any] = []
         horizon = self.config.horizon_s
         # answer the pending points this order falls in the horizon of (y = 0); they
@@ -207,9 +214,10 @@ class KeyGroupCustomers:
             record.checkpoints_taken = 0
             start = max(record.last_order_ts or ts, record.last_event_ts)
             record.next_checkpoint_ts = self._next_checkpoint_after(record, start)
-            self._schedule_segment_timers(key, record)
+            gap = features["gap_mean_days"] if record.state.order_count >= 2 else None
+            self._schedule_segment_timers(key, record, gap)
         if in_order:
-            out.extend(self._add_point(key, record, ts))
+            out.extend(self._add_point(key, record, ts, features))
         else:
             self.counters["points_skipped_out_of_order"] += 1
         return out
@@ -254,8 +262,9 @@ class KeyGroupCustomers:
 
     def _take_checkpoint(self, key: str, record: CustomerRecord, at: float) -> list[Any]:
         record.checkpoints_taken += 1
-        out = self._add_point(key, record, at)
-        out.extend(self._score_request(key, record, at, "checkpoint"))
+        features = feature_vector(record.state, at)
+        out = self._add_point(key, record, at, features)
+        out.extend(self._score_request(key, record, at, "checkpoint", features))
         record.next_checkpoint_ts = self._next_checkpoint_after(record, at)
         if record.next_checkpoint_ts is not None:
             self.timers.push(
@@ -263,7 +272,9 @@ class KeyGroupCustomers:
             )
         return out
 
-    def _schedule_segment_timers(self, key: str, record: CustomerRecord) -> None:
+    def _schedule_segment_timers(
+        self, key: str, record: CustomerRecord, gap_mean_days: float | None
+    ) -> None:
         last_order = record.last_order_ts
         if last_order is None:
             return
@@ -271,17 +282,18 @@ class KeyGroupCustomers:
             self.timers.push(
                 record.next_checkpoint_ts, "checkpoint", key, record.next_checkpoint_ts
             )
-        gap = self._gap_mean_days(record)
-        for days in (silent_after_days(gap, self.config.horizon_days), self.config.horizon_days):
+        silent_days = silent_after_days(gap_mean_days, self.config.horizon_days)
+        for days in (silent_days, self.config.horizon_days):
             self.timers.push(last_order + days * DAY + 1.0, "segment", key, last_order)
 
     # -- prediction points and labels -------------------------------------------
 
-    def _add_point(self, key: str, record: CustomerRecord, t0: float) -> list[Any]:
+    def _add_point(
+        self, key: str, record: CustomerRecord, t0: float, features: dict[str, float]
+    ) -> list[Any]:
         if len(record.pending_t0) >= self.config.max_pending_points:
             self.counters["points_skipped_cap"] += 1
             return []
-        features = feature_vector(record.state, t0)
         record.pending_t0.append(t0)
         record.pending_answer.append(math.nan)
         record.pending_features.extend(features[name] for name in FEATURE_NAMES)
@@ -319,14 +331,16 @@ class KeyGroupCustomers:
 
     # -- scoring -------------------------------------------------------------------
 
-    @staticmethod
-    def _gap_mean_days(record: CustomerRecord) -> float | None:
-        if record.state.order_count < 2:
-            return None
-        return float(feature_vector(record.state, record.last_event_ts)["gap_mean_days"])
-
-    def _score_request(self, key: str, record: CustomerRecord, t: float, cause: str) -> list[Any]:
-        features = feature_vector(record.state, t)
+    def _score_request(
+        self,
+        key: str,
+        record: CustomerRecord,
+        t: float,
+        cause: str,
+        features: dict[str, float] | None = None,
+    ) -> list[Any]:
+        if features is None:
+            features = feature_vector(record.state, t)
         state = record.state
         days_since = features["days_since_last_order"] if state.has_orders else None
         last_gap = None

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import zlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 def key_group(store_id: str, customer_id: str, key_groups: int) -> int:
@@ -55,8 +55,9 @@ class Watermark:
             self.value = ts
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Timer:
+class Timer(NamedTuple):
+    """One timer; a plain tuple, so heaps of them pickle fast in snapshots."""
+
     at: float
     seq: int
     kind: str
@@ -127,10 +128,21 @@ class EventIdDedup:
         return False
 
     def prune(self, watermark: float) -> None:
+        """Forget ids older than the retention, oldest insertions first.
+
+        Ids arrive roughly in event-time order, so the scan stops at the first id
+        still inside the retention: amortised O(1) per id. An out-of-order old id
+        behind a newer one is kept a little longer, never forgotten early.
+        """
         horizon = watermark - self.retention_s
-        stale = [h for h, ts in self._ids.items() if ts < horizon]
+        ids = self._ids
+        stale = []
+        for h, ts in ids.items():
+            if ts >= horizon:
+                break
+            stale.append(h)
         for h in stale:
-            del self._ids[h]
+            del ids[h]
 
     def __len__(self) -> int:
         return len(self._ids)

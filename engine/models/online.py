@@ -120,9 +120,11 @@ class ChurnModel:
         contributions = scaled * weights
         logits = contributions.sum(axis=1) + lr.intercept
         probabilities = 1.0 / (1.0 + np.exp(-np.clip(logits, -35, 35)))
+        k = min(top_reasons, len(names))
+        top = np.argpartition(-np.abs(contributions), k - 1, axis=1)[:, :k]
         results = []
         for row, x in enumerate(batch):
-            contrib = dict(zip(names, contributions[row].tolist(), strict=True))
+            contrib = {names[j]: float(contributions[row, j]) for j in top[row]}
             results.append((float(probabilities[row]), describe_reasons(x, contrib, top_reasons)))
         return results
 
