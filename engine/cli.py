@@ -22,7 +22,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 
-import orjson
 import redis
 from tqdm import tqdm
 

@@ -10,7 +10,8 @@ Labels. A *prediction point* is taken at each in-order order and every
 stores the features as of its time t0. When the watermark passes t0 + H it is
 emitted as an :class:`Example`: ``y = 0`` if an order arrived in (t0, t0 + H],
 else ``y = 1``. Both labels wait for the full horizon, so the model never sees
-recent non-churners before the churners of the same period (label-delay bias). A point's features contain only events at or before t0: a checkpoint is
+recent non-churners before the churners of the same period (label-delay bias).
+A point's features contain only events at or before t0: a checkpoint is
 taken either when the watermark passes it (the customer had no later event) or,
 eagerly, just before the customer's first later event is applied. An event
 older than the customer's newest event updates the features but takes no
@@ -26,7 +27,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.events import CustomerProfileEvent, EraseRequest, Event, OrderEvent
+from engine.events import EraseRequest, Event, OrderEvent
 from engine.features.state import CustomerState
 from engine.features.vector import FEATURE_NAMES, feature_vector, profile_attributes
 from engine.keygroups import EventIdDedup, TimerHeap, Watermark

@@ -43,7 +43,7 @@ from pydantic import (
 
 from engine.errors import ChurnflowError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 Channel = Literal["email", "sms", "push", "social", "webhook"]
 CHANNELS: tuple[Channel, ...] = ("email", "sms", "push", "social", "webhook")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
@@ -32,7 +32,7 @@ from engine.errors import ChurnflowError
 from engine.events import Event, EventDecodeError, OrderEvent, decode_event
 from engine.features.currency import to_base
 from engine.keygroups import key_group
-from engine.messages import DeadLetter, Example, ModelStatus, ScoreRequest, Scored
+from engine.messages import DeadLetter, Example, ModelStatus, Scored, ScoreRequest
 from engine.models.online import ChurnModel
 from engine.settings import Settings
 
@@ -88,6 +88,10 @@ def decode_item(item: Any, settings: Settings) -> tuple[Event, float] | DeadLett
     except (EventDecodeError, ChurnflowError) as exc:
         return DeadLetter(raw_bytes, str(exc), "decode", str(source))
     return event, amount
+
+
+def _is_event(item: tuple[Event, float] | DeadLetter) -> TypeGuard[tuple[Event, float]]:
+    return not isinstance(item, DeadLetter)
 
 
 # -- step 3: customers ------------------------------------------------------------
@@ -215,7 +219,7 @@ def build_flow(
     flow = Dataflow(flow_id)
     raw = op.input("input", flow, source)
     decoded = op.map("decode", raw, lambda item: decode_item(item, settings))
-    branches = op.branch("valid", decoded, lambda x: not isinstance(x, DeadLetter))
+    branches = op.branch("valid", decoded, _is_event)
     op.output("dead_letter", branches.falses, sinks.dead_letter)
 
     groups = settings.key_groups

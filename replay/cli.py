@@ -1,8 +1,8 @@
 """``churnflow replay``: backtest the dataflow on history.
 
-    churnflow replay --source cdnow [--file PATH] --until YYYY-MM-DD --horizon-days H
-                     --scores-out FILE.csv [--report-out FILE.html] [--workers N]
-    churnflow replay --source table --file events.csv --map customer_id=cust,occurred_at=ts,...
+churnflow replay --source cdnow [--file PATH] --until YYYY-MM-DD --horizon-days H
+                 --scores-out FILE.csv [--report-out FILE.html] [--workers N]
+churnflow replay --source table --file events.csv --map customer_id=cust,occurred_at=ts,...
 """
 
 from __future__ import annotations

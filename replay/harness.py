@@ -16,7 +16,8 @@ import csv
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time as dtime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,10 @@ def run_replay(
         scores=TestingSink(scores),
     )
     flow = build_flow(
-        TestingSource(encoded, batch_size=SOURCE_BATCH), sinks, settings, final_ts=end_of_day_ts(last_day)
+        TestingSource(encoded, batch_size=SOURCE_BATCH),
+        sinks,
+        settings,
+        final_ts=end_of_day_ts(last_day),
     )
     started = time.perf_counter()
     # no recovery in a replay: one epoch per REPLAY_EPOCH keeps snapshots rare

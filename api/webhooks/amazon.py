@@ -164,7 +164,7 @@ def normalize_amazon(
         for i, item in enumerate(as_list(summary.get("OrderItems")))
     )
     event = OrderEvent(
-        type=event_type,  # type: ignore[arg-type]
+        type=event_type,
         event_id=f"amazon:order:{order_id}:{event_type}",
         store_id=store_id,
         customer_id=customer_id,

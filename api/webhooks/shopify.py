@@ -266,7 +266,7 @@ class _Ctx:
                 "left to refunds/create"
             )
         event = OrderEvent(
-            type=event_type,  # type: ignore[arg-type]
+            type=event_type,
             event_id=f"shopify:order:{order_id}:{event_type}",
             store_id=self.store_id,
             customer_id=customer_id,

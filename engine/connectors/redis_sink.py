@@ -33,7 +33,9 @@ RISK_BANDS = ((0.7, "high"), (0.4, "medium"), (0.0, "low"))
 
 
 def customer_key(prefix: str, store_id: str, customer_id: str) -> str:
-    """>>> customer_key("cf", "demo", "42")
+    """The key of a customer's profile.
+
+    >>> customer_key("cf", "demo", "42")
     'cf:{demo}:customer:42'
     """
     return f"{prefix}:{{{store_id}}}:customer:{customer_id}"
@@ -48,7 +50,9 @@ def model_key(prefix: str, shard: int) -> str:
 
 
 def risk_band(probability: float) -> str:
-    """>>> risk_band(0.75), risk_band(0.5), risk_band(0.1)
+    """The risk band of a churn probability.
+
+    >>> risk_band(0.75), risk_band(0.5), risk_band(0.1)
     ('high', 'medium', 'low')
     """
     for floor, band in RISK_BANDS:
@@ -107,11 +111,11 @@ def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
         doc = profile_document(scored)
         pipe.set(customer_key(prefix, store_id, customer_id), orjson.dumps(doc))
         for segment in SEGMENTS:
-            key = segment_key(prefix, store_id, segment)
+            members = segment_key(prefix, store_id, segment)
             if segment == doc["segment"]:
-                pipe.zadd(key, {customer_id: doc["churn_probability"]})
+                pipe.zadd(members, {customer_id: doc["churn_probability"]})
             else:
-                pipe.zrem(key, customer_id)
+                pipe.zrem(members, customer_id)
     for store_id, customer_id in erased:
         pipe.delete(customer_key(prefix, store_id, customer_id))
         for segment in SEGMENTS:
