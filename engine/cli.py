@@ -233,7 +233,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"broker {settings.kafka_brokers}  redis {settings.redis_url}", flush=True)
         print(f"API {base}   demo key for store cdnow: {key}", flush=True)
         print(
-            f'try: curl -H "Authorization: Bearer {key}" {base}/v1/stores/cdnow/customers/1',
+            f'try: curl -H "Authorization: Bearer {key}" {base}/v1/stores/cdnow/customers/00001',
             flush=True,
         )
         if not stopping:
