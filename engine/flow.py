@@ -32,7 +32,7 @@ from engine.errors import ChurnflowError
 from engine.events import Event, EventDecodeError, OrderEvent, decode_event
 from engine.features.currency import to_base
 from engine.keygroups import key_group
-from engine.messages import DeadLetter, Example, ModelStatus, Scored, ScoreRequest
+from engine.messages import DeadLetter, Example, Learned, ModelStatus, Scored, ScoreRequest
 from engine.models.online import ChurnModel
 from engine.settings import Settings
 
@@ -49,6 +49,8 @@ class FlowSinks:
     dead_letter: Sink[Any]
     examples: Sink[Any] | None = None
     scores: Sink[Any] | None = None
+    learned: Sink[Any] | None = None
+    """Receives a :class:`Learned` per example (the pre-learn probability): reports."""
 
 
 def stage_config(settings: Settings) -> StageConfig:
@@ -146,10 +148,10 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
     scored by the model after everything before the end was learned.
     """
 
-    def __init__(self, model: ChurnModel) -> None:
+    def __init__(self, model: ChurnModel, trace: bool = False) -> None:
         self.model = model
+        self.trace = trace
         self.final_requests: list[ScoreRequest] = []
-        self.status_due = False
 
     def _score(self, requests: list[ScoreRequest]) -> list[Scored]:
         results = self.model.score_batch([r.features for r in requests])
@@ -173,7 +175,9 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
                 if pending:
                     out.extend(self._score(pending))
                     pending = []
-                self.model.learn(item.features, item.y)
+                p = self.model.learn(item.features, item.y)
+                if self.trace:
+                    out.append(Learned(item.resolved_at, item.y, p))
         if pending:
             out.extend(self._score(pending))
         if self.model.learned != learned_before:
@@ -247,12 +251,20 @@ def build_flow(
     shards = settings.model_shards
     model_keyed = op.key_on("model_shard", to_model, lambda x: model_shard(x, shards))
 
+    trace = sinks.learned is not None
+
     def build_model(resume: bytes | None) -> ModelLogic:
         if resume is not None:
-            return ModelLogic(ChurnModel.restore(resume))
-        return ModelLogic(ChurnModel(settings.model_warm_examples))
+            return ModelLogic(ChurnModel.restore(resume), trace)
+        return ModelLogic(ChurnModel(settings.model_warm_examples), trace)
 
-    scored = op.key_rm("model_out", op.stateful_batch("model", model_keyed, build_model))
+    model_out = op.key_rm("model_out", op.stateful_batch("model", model_keyed, build_model))
+    if sinks.learned is not None:
+        learned = op.filter("learned", model_out, lambda x: isinstance(x, Learned))
+        op.output("learned_out", learned, sinks.learned)
+        scored = op.filter("not_learned", model_out, lambda x: not isinstance(x, Learned))
+    else:
+        scored = model_out
     if sinks.scores is not None:
         op.output(
             "scores_out", op.filter("scored", scored, lambda x: isinstance(x, Scored)), sinks.scores

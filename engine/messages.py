@@ -88,6 +88,15 @@ class Scored:
 
 
 @dataclass(frozen=True, slots=True)
+class Learned:
+    """An example as the model scored it just before learning it (progressive validation)."""
+
+    resolved_at: float
+    y: int
+    p: float
+
+
+@dataclass(frozen=True, slots=True)
 class ModelStatus:
     shard: int
     model_version: str

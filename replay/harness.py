@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from engine.events import encode_event
 from engine.flow import FlowSinks, build_flow
-from engine.messages import Example, ModelStatus, Scored, SegmentChange, StageCounters
+from engine.messages import Example, Learned, ModelStatus, Scored, SegmentChange, StageCounters
 from engine.settings import Settings
 
 SOURCE_BATCH = 1000
@@ -57,6 +57,8 @@ class ReplayResult:
     dead_letters: list[Any]
     elapsed_s: float
     scores_by_cause: dict[str, int] = field(default_factory=dict)
+    learned: list[Learned] = field(default_factory=list)
+    """Every example with the probability the model gave it just before learning it."""
 
     @property
     def events_per_s(self) -> float:
@@ -91,7 +93,9 @@ def run_replay(
     dead: list[Any] = []
     examples: list[Example] = []
     scores: list[Scored] = []
+    learned: list[Learned] = []
     sinks = FlowSinks(
+        learned=TestingSink(learned),
         redis=TestingSink(sink_items),
         dead_letter=TestingSink(dead),
         examples=TestingSink(examples),
@@ -139,6 +143,7 @@ def run_replay(
         dead_letters=dead,
         elapsed_s=elapsed,
         scores_by_cause=by_cause,
+        learned=learned,
     )
 
 
