@@ -77,6 +77,21 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.report_out:
         from replay.report import write_report
 
-        write_report(result, args.report_out, horizon_days=args.horizon_days)
+        labels = None
+        if args.until is not None:
+            from replay.baselines import churn_labels, end_of_day
+
+            cut = end_of_day(args.until)
+            if max(e.ts for e in events) >= cut.timestamp() + args.horizon_days * 86400:
+                # evaluation only: the model never saw these later events
+                labels = churn_labels(events, cut, args.horizon_days)
+        write_report(
+            result,
+            args.report_out,
+            horizon_days=args.horizon_days,
+            events=[e for e in events if args.until is None or e.occurred_at.date() <= args.until],
+            labels=labels,
+            scored_examples=[(x.resolved_at, x.y, x.p) for x in result.learned],
+        )
         print(f"wrote report to {args.report_out}")
     return 0

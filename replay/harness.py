@@ -116,16 +116,19 @@ def run_replay(
     elapsed = time.perf_counter() - started
 
     status = None
-    counters: dict[str, int] = {}
+    per_group: dict[int, dict[str, int]] = {}
     changes = 0
     for item in sink_items:
         if isinstance(item, ModelStatus):
             status = item.metrics
         elif isinstance(item, StageCounters):
-            for name, value in item.counts.items():
-                counters[name] = counters.get(name, 0) + value
+            per_group[item.key_group] = item.counts  # cumulative: keep the newest
         elif isinstance(item, SegmentChange):
             changes += 1
+    counters: dict[str, int] = {}
+    for counts in per_group.values():
+        for name, value in counts.items():
+            counters[name] = counters.get(name, 0) + value
     by_cause: dict[str, int] = {}
     for scored in scores:
         by_cause[scored.request.cause] = by_cause.get(scored.request.cause, 0) + 1
