@@ -148,9 +148,10 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
     scored by the model after everything before the end was learned.
     """
 
-    def __init__(self, model: ChurnModel, trace: bool = False) -> None:
+    def __init__(self, model: ChurnModel, trace: bool = False, shards: int = 1) -> None:
         self.model = model
         self.trace = trace
+        self.shards = shards
         self.final_requests: list[ScoreRequest] = []
 
     def _score(self, requests: list[ScoreRequest]) -> list[Scored]:
@@ -165,6 +166,8 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         out: list[Any] = []
         pending: list[ScoreRequest] = []
         learned_before = self.model.learned
+        if values:  # Bytewax builders get no key: learn the shard number from an item
+            self.model.shard = int(model_shard(values[0], self.shards))
         for item in values:
             if isinstance(item, ScoreRequest):
                 if item.cause == "final":
@@ -255,8 +258,9 @@ def build_flow(
 
     def build_model(resume: bytes | None) -> ModelLogic:
         if resume is not None:
-            return ModelLogic(ChurnModel.restore(resume), trace)
-        return ModelLogic(ChurnModel(settings.model_warm_examples), trace)
+            return ModelLogic(ChurnModel.restore(resume), trace, shards)
+        model = ChurnModel(settings.model_warm_examples, kind=settings.model)
+        return ModelLogic(model, trace, shards)
 
     model_out = op.key_rm("model_out", op.stateful_batch("model", model_keyed, build_model))
     if sinks.learned is not None:

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     """Spend (base currency) below which a customer is in the ``low`` value tier."""
     value_tier_mid_max: float = 200.0
     """Spend at or above which a customer is in the ``high`` value tier."""
+    model: Literal["logreg", "hoeffding_tree", "bagging"] = "logreg"
+    """The River estimator after standard scaling (trees explain by the prior's reason)."""
     model_shards: int = Field(1, ge=1)
     """Model stage parallelism: score requests and examples hash to shards."""
     dedup_retention_s: float = Field(30 * 86400.0, ge=0)

@@ -28,8 +28,9 @@ import pickle
 from typing import Any
 
 import numpy as np
-from river import compose, drift, linear_model, optim, preprocessing
+from river import compose, drift, ensemble, linear_model, optim, preprocessing, tree
 
+from engine.errors import ConfigError
 from engine.models.metrics import ProgressiveMetrics
 from engine.models.reasons import describe_reasons
 
@@ -49,20 +50,38 @@ def model_inputs(features: dict[str, float]) -> dict[str, float]:
     return {name: math.log1p(value) if value > 0 else 0.0 for name, value in features.items()}
 
 
-def build_pipeline() -> compose.Pipeline:
-    return compose.Pipeline(
-        preprocessing.StandardScaler(),
-        linear_model.LogisticRegression(optimizer=optim.SGD(0.01), l2=1e-4),
-    )
+MODEL_KINDS = ("logreg", "hoeffding_tree", "bagging")
+
+
+def build_pipeline(kind: str = "logreg") -> compose.Pipeline:
+    """The River pipeline of a model kind (``CHURNFLOW_MODEL``).
+
+    >>> [type(build_pipeline(k)[-1]).__name__ for k in MODEL_KINDS]
+    ['LogisticRegression', 'HoeffdingAdaptiveTreeClassifier', 'BaggingClassifier']
+    """
+    if kind == "logreg":
+        estimator: Any = linear_model.LogisticRegression(optimizer=optim.SGD(0.01), l2=1e-4)
+    elif kind == "hoeffding_tree":
+        estimator = tree.HoeffdingAdaptiveTreeClassifier(grace_period=200, seed=7)
+    elif kind == "bagging":
+        estimator = ensemble.BaggingClassifier(
+            linear_model.LogisticRegression(optimizer=optim.SGD(0.01), l2=1e-4),
+            n_models=5,
+            seed=7,
+        )
+    else:
+        raise ConfigError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")
+    return compose.Pipeline(preprocessing.StandardScaler(), estimator)
 
 
 class ChurnModel:
     """One model shard: a River pipeline, its prior, metrics and version."""
 
-    def __init__(self, warm_examples: int = 500, shard: int = 0) -> None:
+    def __init__(self, warm_examples: int = 500, shard: int = 0, kind: str = "logreg") -> None:
         self.warm_examples = warm_examples
         self.shard = shard
-        self.pipeline = build_pipeline()
+        self.kind = kind
+        self.pipeline = build_pipeline(kind)
         self.learned = 0
         self.metrics = ProgressiveMetrics()
         self.drift = drift.ADWIN()
@@ -74,7 +93,8 @@ class ChurnModel:
 
     @property
     def version(self) -> str:
-        return f"lr-{self.learned // VERSION_EVERY}"
+        prefix = {"logreg": "lr", "hoeffding_tree": "hat", "bagging": "bag"}[self.kind]
+        return f"{prefix}-{self.learned // VERSION_EVERY}"
 
     @staticmethod
     def prior(features: dict[str, float]) -> float:
@@ -107,6 +127,8 @@ class ChurnModel:
             return []
         if not self.warm:
             return [(self.prior(x), describe_reasons(x, None, top_reasons)) for x in batch]
+        if self.kind != "logreg":
+            return [(self.predict(x), describe_reasons(x, None, top_reasons)) for x in batch]
         scaler: preprocessing.StandardScaler = self.pipeline["StandardScaler"]
         lr: linear_model.LogisticRegression = self.pipeline["LogisticRegression"]
         names = sorted(batch[0])
