@@ -37,6 +37,9 @@ from engine.segments import lifecycle_segment, silent_after_days, value_tier
 DAY = 86400.0
 SEP = "\x1f"
 
+MAX_CHURN_T0S = 8
+"""How many points labelled 1 a customer remembers for ``late_label_flips``."""
+
 COUNTER_NAMES = (
     "events",
     "duplicates",
@@ -83,7 +86,7 @@ class CustomerRecord:
         "pending_features",
         "pending_answer",
         "segment",
-        "last_churn_t0",
+        "churn_t0s",
     )
 
     def __init__(self) -> None:
@@ -98,7 +101,9 @@ class CustomerRecord:
         self.pending_answer = array("d")
         """Per pending point: time of the first order in its horizon, NaN while none."""
         self.segment = "prospect"
-        self.last_churn_t0: float | None = None
+        self.churn_t0s = array("d")
+        """The newest prediction points labelled 1 (at most MAX_CHURN_T0S), to count
+        late orders that would have answered them."""
 
     def __getstate__(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -204,8 +209,7 @@ class KeyGroupCustomers:
             if t0 < ts <= t0 + horizon:
                 answered = record.pending_answer[i]
                 record.pending_answer[i] = ts if answered != answered else min(answered, ts)
-        labelled = record.last_churn_t0
-        if labelled is not None and labelled < ts <= labelled + horizon:
+        if any(t0 < ts <= t0 + horizon for t0 in record.churn_t0s):
             # a late order answers a point that was already labelled 1
             self.counters["late_label_flips"] += 1
         previous_last = record.last_order_ts
@@ -231,13 +235,15 @@ class KeyGroupCustomers:
         return self._fire_timers()
 
     def _fire_timers(self) -> list[Any]:
-        due = self.timers.pop_due(self.watermark.value)
-        if not due:
+        watermark = self.watermark.value
+        timer = self.timers.pop_next_due(watermark)
+        if timer is None:
             return []
         out: list[Any] = []
-        for timer in due:
+        while timer is not None:
             record = self.customers.get(timer.customer_key)
             if record is None:  # erased since
+                timer = self.timers.pop_next_due(watermark)
                 continue
             if timer.kind == "label":
                 out.extend(self._resolve(timer.customer_key, record, timer.ref, timer.at))
@@ -247,6 +253,7 @@ class KeyGroupCustomers:
                     out.extend(self._take_checkpoint(timer.customer_key, record, timer.ref))
             elif timer.kind == "segment" and timer.ref == record.last_order_ts:
                 out.extend(self._score_request(timer.customer_key, record, timer.at, "checkpoint"))
+            timer = self.timers.pop_next_due(watermark)
         self.dedup.prune(self.watermark.value)
         return out
 
@@ -292,6 +299,8 @@ class KeyGroupCustomers:
     def _add_point(
         self, key: str, record: CustomerRecord, t0: float, features: dict[str, float]
     ) -> list[Any]:
+        if t0 in record.pending_t0:  # same-second orders, or an order at a checkpoint
+            return []
         if len(record.pending_t0) >= self.config.max_pending_points:
             self.counters["points_skipped_cap"] += 1
             return []
@@ -326,7 +335,9 @@ class KeyGroupCustomers:
                 del record.pending_answer[i]
                 del record.pending_features[i * width : (i + 1) * width]
                 if churned:
-                    record.last_churn_t0 = max(t0, record.last_churn_t0 or t0)
+                    record.churn_t0s.append(t0)
+                    if len(record.churn_t0s) > MAX_CHURN_T0S:
+                        del record.churn_t0s[0]
                 return [example]
         return []
 

@@ -43,7 +43,7 @@ class Watermark:
 
     def observe(self, ts: float) -> bool:
         """Take an event time into account; return True when the event is late."""
-        late = ts < self.value
+        late = ts <= self.value  # timers at the watermark itself have already fired
         if ts > self.max_event_ts:
             self.max_event_ts = ts
             self.value = max(self.value, ts - self.lateness_s)
@@ -86,6 +86,16 @@ class TimerHeap:
         while self._heap and self._heap[0].at <= watermark:
             due.append(heapq.heappop(self._heap))
         return due
+
+    def pop_next_due(self, watermark: float) -> Timer | None:
+        """Remove and return the earliest timer at or before the watermark, if any.
+
+        Firing one at a time lets a timer that schedules another due timer (a
+        checkpoint that sets the next one) see it fire in time order.
+        """
+        if self._heap and self._heap[0].at <= watermark:
+            return heapq.heappop(self._heap)
+        return None
 
     def next_at(self) -> float | None:
         return self._heap[0].at if self._heap else None

