@@ -4,9 +4,9 @@ Labels are checked against an oracle computed straight from the raw events: a
 point (customer, t0) has ``y == 0`` iff some distinct order time ``o`` of that
 customer satisfies ``t0 < o <= t0 + H``.
 
-Known engine defects are pinned by ``xfail(strict=True)`` tests at the end of the
-file; the property tests work around the first of them by draining the timers
-(``drain``) before calling ``final``.
+Edge cases found by these tests (cascaded timers at ``final``, one point per
+t0, flips of older labels, events exactly at the watermark) have their own tests
+at the end of the file.
 """
 
 from __future__ import annotations
@@ -114,9 +114,8 @@ def orders_by_customer(events: list[Any]) -> dict[str, set[float]]:
 
 # -- strategies -------------------------------------------------------------------
 
-# (customer, day, kind) with at most one event per customer and day: two orders of
-# one customer at the same second make two points with one t0 (see the xfail test
-# test_same_second_orders_make_one_point), which the uniqueness checks would trip on.
+# (customer, day, kind) with at most one event per customer and day; same-second
+# orders have their own test (test_same_second_orders_make_one_point).
 raw_events = st.lists(
     st.tuples(
         st.sampled_from(CUSTOMERS),
@@ -391,7 +390,7 @@ def test_snapshot_round_trip_continues_identically(
     assert isinstance(a[-1], StageCounters)
 
 
-# -- known defects (strict xfail: they fail today) -----------------------------------
+# -- edge cases ------------------------------------------------------------------------
 
 
 def test_final_resolves_cascaded_checkpoints() -> None:
