@@ -1,0 +1,473 @@
+"""The trigger stage: scored customers in, recall intents out.
+
+Plain Python (:class:`TriggerStage`), adapted to Bytewax by :class:`TriggerLogic`
+(keyed by the customer stage's key group, so a customer's scores arrive in the
+order the customer stage emitted them).
+
+For every ``Scored`` item with ``cause`` ``event`` or ``checkpoint`` (never the
+``final`` scores that close a replay) the stage builds a :class:`CustomerView`,
+evaluates the store's rules at the score's *event time* ``request.t`` and
+records every emitted intent (holdout ones too) in the customer's send history,
+so caps, cooldowns and the ``already_sent`` check hold across scores. The wall
+clock is never read: a replay gives the same intents and the same idempotency
+keys as the live run.
+
+What the score does not carry, and how the stage fills it in:
+
+* ``last_order_ts``: ``t - days_since_last_order`` (rounded to the millisecond).
+  The customer stage computes features at ``max(t, newest event applied)``, so
+  this is exact for event and checkpoint scores and can only be *too early*
+  otherwise; the stage keeps the latest value seen for the same
+  ``order_count``, so the estimate never moves backwards within one silence
+  and due times (hence keys) stay stable.
+* ``open_cart_since_ts``: the features only say whether a cart is open
+  (``open_cart``), not since when. The stage remembers the event time of the
+  first score that showed the cart open (normally the ``add_to_cart`` event's
+  own score) and forgets it when the cart closes or a later order arrives.
+  The stage has no timers of its own: the cart rule fires only if a score of
+  the customer arrives between ``after_hours`` and ``after_hours + grace_hours``
+  after that; dormancy steps at multiples of ``checkpoint_days`` are reached by
+  the customer stage's checkpoint scores.
+* ``churn_probability``: only a warm model's score is used (a cold model scores
+  the prior; a jump from prior to first real score is not a "rise"); cold
+  scores give ``None``, so risk rules do not fire on them.
+* ``favourite_categories`` / ``last_products``: not in the features; empty.
+
+Scores older than the newest one already evaluated for the customer are
+skipped (their features can be newer than their time).
+
+Erasure: ``Erased`` reaches this stage directly from the customer stage while
+the customer's last scores may still be in the model stage. The stage forgets
+the customer and keeps a tombstone (a 64-bit hash of the customer's key and the
+erasure's event time) so that such in-flight scores do not recreate it; a
+score newer than the erasure (the customer came back) clears the tombstone.
+Tombstones are dropped ``TOMBSTONE_S`` of event time after the erasure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from bytewax.operators import StatefulLogic
+
+from engine.events import CHANNELS
+from engine.keygroups import key_group
+from engine.messages import Erased, Scored
+from engine.triggers.caps import DAY, CapPolicy, SendHistory, record
+from engine.triggers.engine import HOUR, CustomerView, evaluate_detailed
+from engine.triggers.intent import RecallIntent
+from engine.triggers.rules import (
+    AbandonedCartRule,
+    DormancyRule,
+    FirstOrderFollowupRule,
+    RiskRule,
+    RulesError,
+    RuleSet,
+    load_rules,
+)
+
+__all__ = [
+    "TRIGGER_CAUSES",
+    "RulesBook",
+    "TriggerLogic",
+    "TriggerStage",
+    "StoreRules",
+    "build_trigger_logic",
+    "prune_history",
+    "store_rules",
+    "trigger_key",
+    "view_from_scored",
+]
+
+log = logging.getLogger(__name__)
+
+TRIGGER_CAUSES = frozenset({"event", "checkpoint"})
+"""Score causes that may trigger messages (``final`` replay scores do not)."""
+
+SEP = "\x1f"
+SNAPSHOT_VERSION = 1
+TOMBSTONE_S = 7 * 86_400.0
+"""How long (event time) scores that were in flight at an erasure are refused."""
+_EMPTY = SendHistory()
+_SAFE_STORE = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def derived_last_order_ts(scored: Scored) -> float | None:
+    """``t - days_since_last_order`` to the millisecond; ``None`` without orders."""
+    features = scored.request.features
+    if features.get("order_count", 0.0) < 1:
+        return None
+    days = features.get("days_since_last_order")
+    if days is None:
+        return None
+    return round(scored.request.t - days * DAY, 3)
+
+
+def view_from_scored(
+    scored: Scored,
+    previous_probability: float | None,
+    *,
+    last_order_ts: float | None = None,
+    open_cart_since_ts: float | None = None,
+) -> CustomerView:
+    """The trigger engine's view of a scored customer.
+
+    ``last_order_ts`` defaults to the value derived from the features (see the
+    module docstring); ``open_cart_since_ts`` cannot be derived from one score
+    and defaults to ``None`` (the stage tracks it across scores). A cold
+    model's probability is dropped (``churn_probability=None``).
+    """
+    request = scored.request
+    features, profile = request.features, request.profile
+    order_count = int(features.get("order_count", 0.0))
+    has_orders = order_count > 0
+    if last_order_ts is None:
+        last_order_ts = derived_last_order_ts(scored)
+    consent: dict[str, bool] = {}
+    for channel in CHANNELS:
+        value = profile.get(f"consent_{channel}")
+        if isinstance(value, bool):
+            consent[channel] = value
+    return CustomerView(
+        store_id=request.store_id,
+        customer_id=request.customer_id,
+        segment=request.segment,
+        value_tier=request.value_tier,
+        churn_probability=scored.churn_probability if scored.model_warm else None,
+        previous_probability=previous_probability,
+        days_since_last_order=features.get("days_since_last_order") if has_orders else None,
+        last_order_ts=last_order_ts if has_orders else None,
+        order_count=order_count,
+        spend=features.get("spend_total_base", 0.0),
+        avg_order_value=features.get("avg_order_value") if has_orders else None,
+        country=_str_or_none(profile.get("country")),
+        timezone=_str_or_none(profile.get("timezone")),
+        locale=_str_or_none(profile.get("locale")),
+        source=_str_or_none(profile.get("source")),
+        consent=consent,
+        first_name=_str_or_none(profile.get("first_name")),
+        open_cart_since_ts=open_cart_since_ts,
+    )
+
+
+class StoreRules(NamedTuple):
+    rules: RuleSet
+    policy: CapPolicy
+    key_lifetimes: dict[str, float | None]
+    """Rule id → how long after its due time a key can be produced again
+    (``None``: while the last order is the due time, i.e. a risk rule)."""
+
+
+def key_lifetimes(rules: RuleSet) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for rule in rules.rules:
+        if isinstance(rule, RiskRule):
+            out[rule.id] = None
+        elif isinstance(rule, (DormancyRule, FirstOrderFollowupRule)):
+            out[rule.id] = rule.grace_days * DAY
+        elif isinstance(rule, AbandonedCartRule):
+            out[rule.id] = rule.grace_hours * HOUR
+    return out
+
+
+def store_rules(rules: RuleSet) -> StoreRules:
+    return StoreRules(rules, rules.cap_policy(), key_lifetimes(rules))
+
+
+def _due_of(key: str) -> float | None:
+    """The nominal due time at the end of an idempotency key (see ``intent.py``)."""
+    tail = key.rpartition(":")[2]
+    return int(tail) / 1000 if tail.lstrip("-").isdigit() else None
+
+
+def prune_history(
+    history: SendHistory, now: float, store: StoreRules, last_order_ts: float | None
+) -> SendHistory:
+    """Drop the sends that neither a cap nor the ``already_sent`` check can need again.
+
+    ``record(..., policy)`` prunes by the caps' horizon only, which can forget a
+    key its rule would still produce (a dormancy step is due for ``grace_days``,
+    a risk rule for the whole silence). A send is kept while it is inside the
+    caps' horizon of ``now`` or its key can still be produced.
+    """
+    sends = history.sends
+    horizon = now - store.policy.horizon
+    if not sends or sends[0].ts >= horizon:
+        return history
+    kept = []
+    dropped_until = history.pruned_until
+    last_ms = round(last_order_ts * 1000) if last_order_ts is not None else None
+    for send in sends:
+        keep = send.ts >= horizon
+        due = _due_of(send.key) if not keep else None
+        if due is not None and send.rule_id in store.key_lifetimes:
+            lifetime = store.key_lifetimes[send.rule_id]
+            if lifetime is None:
+                keep = last_ms is not None and round(due * 1000) == last_ms
+            else:
+                keep = now <= due + lifetime
+        if keep:
+            kept.append(send)
+        else:
+            dropped_until = send.ts if dropped_until is None else max(dropped_until, send.ts)
+    if len(kept) == len(sends):
+        return history
+    return SendHistory(tuple(kept), dropped_until)
+
+
+class RulesBook:
+    """Rule sets by store, loaded once per process from ``rules_dir``.
+
+    ``rules_dir/<store>.yaml`` if it exists, else ``rules_dir/default.yaml``
+    (its ``store_id`` replaced by the store's); neither → no rules. A file that
+    does not validate is logged and the store gets no rules (one store's typo
+    must not stop every store); call :meth:`preload` at start-up to fail fast.
+    Picklable: the cache is not pickled.
+    """
+
+    def __init__(self, rules_dir: str | Path) -> None:
+        self.rules_dir = Path(rules_dir)
+        self._cache: dict[str, StoreRules | None] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"rules_dir": self.rules_dir}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.rules_dir = state["rules_dir"]
+        self._cache = {}
+
+    def path_for(self, store_id: str) -> Path | None:
+        if _SAFE_STORE.match(store_id) and store_id != "default":
+            own = self.rules_dir / f"{store_id}.yaml"
+            if own.is_file():
+                return own
+        default = self.rules_dir / "default.yaml"
+        return default if default.is_file() else None
+
+    def get(self, store_id: str) -> StoreRules | None:
+        """The store's rules (with their cap policy), or ``None``."""
+        try:
+            return self._cache[store_id]
+        except KeyError:
+            pass
+        entry: StoreRules | None = None
+        path = self.path_for(store_id)
+        if path is not None:
+            try:
+                rules = load_rules(path)
+            except RulesError as exc:
+                log.error("store %s: rules not usable, no recalls: %s", store_id, exc)
+            else:
+                if rules.store_id != store_id:
+                    rules = rules.model_copy(update={"store_id": store_id})
+                entry = store_rules(rules)
+        self._cache[store_id] = entry
+        return entry
+
+    def preload(self) -> list[str]:
+        """Load and validate every ``*.yaml`` of the directory; raises ``RulesError``."""
+        names = []
+        for path in sorted(self.rules_dir.glob("*.yaml")):
+            rules = load_rules(path)
+            names.append(path.stem)
+            if path.stem != "default":
+                self._cache[path.stem] = store_rules(rules)
+        return names
+
+
+class _Customer(NamedTuple):
+    """What the stage keeps per customer (a plain tuple when pickled)."""
+
+    last_t: float
+    probability: float | None
+    """Latest warm churn probability (``previous_probability`` of the next score)."""
+    order_count: int
+    last_order_ts: float | None
+    cart_since: float | None
+    history: SendHistory | None
+    """``None`` while nothing was sent."""
+
+
+COUNTER_NAMES = (
+    "scores",
+    "ignored_final",
+    "stale_scores",
+    "no_rules",
+    "intents",
+    "holdout_intents",
+    "blocked",
+    "erased",
+    "erased_in_flight",
+)
+
+
+def _tombstone(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+class TriggerStage:
+    """The trigger state of one key group: per customer, send history and last score."""
+
+    def __init__(self, rules: RulesBook | str | Path) -> None:
+        self.rules = rules if isinstance(rules, RulesBook) else RulesBook(rules)
+        self.customers: dict[str, _Customer] = {}
+        self.tombstones: dict[int, float] = {}
+        """Hash of an erased customer's key → erasure time (see the module docstring)."""
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+
+    def on_scored(self, scored: Scored) -> list[RecallIntent]:
+        """The intents this score triggers (recorded in the customer's history)."""
+        request = scored.request
+        counters = self.counters
+        if request.cause not in TRIGGER_CAUSES:
+            counters["ignored_final"] += 1
+            return []
+        counters["scores"] += 1
+        key = f"{request.store_id}{SEP}{request.customer_id}"
+        t = request.t
+        prev = self.customers.get(key)
+        if prev is not None and t < prev.last_t:
+            counters["stale_scores"] += 1
+            return []
+        if self.tombstones and prev is None:
+            erased_at = self.tombstones.get(_tombstone(key))
+            if erased_at is not None:
+                if t <= erased_at:
+                    counters["erased_in_flight"] += 1
+                    return []
+                del self.tombstones[_tombstone(key)]
+
+        order_count = int(request.features.get("order_count", 0.0))
+        last_order = derived_last_order_ts(scored)
+        if (
+            prev is not None
+            and prev.order_count == order_count
+            and prev.last_order_ts is not None
+            and last_order is not None
+        ):
+            last_order = max(last_order, prev.last_order_ts)
+        cart_since: float | None = None
+        if request.features.get("open_cart", 0.0) >= 0.5:
+            cart_since = prev.cart_since if prev is not None else None
+            if cart_since is None or (last_order is not None and last_order >= cart_since):
+                cart_since = t
+        probability = scored.churn_probability if scored.model_warm else None
+        previous = prev.probability if prev is not None else None
+        history = prev.history if prev is not None else None
+
+        intents: list[RecallIntent] = []
+        entry = self.rules.get(request.store_id)
+        if entry is None:
+            counters["no_rules"] += 1
+        else:
+            view = view_from_scored(
+                scored, previous, last_order_ts=last_order, open_cart_since_ts=cart_since
+            )
+            result = evaluate_detailed(entry.rules, view, t, history or _EMPTY)
+            counters["blocked"] += sum(1 for b in result.blocked if b.reason != "already_sent")
+            for intent in result.intents:
+                history = record(
+                    history or _EMPTY,
+                    intent.channel,
+                    intent.rule_id,
+                    intent.send_at,
+                    key=intent.idempotency_key,
+                )
+                counters["holdout_intents" if intent.holdout else "intents"] += 1
+                intents.append(intent)
+            if history is not None:
+                history = prune_history(history, t, entry, last_order) or None
+        self.customers[key] = _Customer(
+            t,
+            probability if probability is not None else previous,
+            order_count,
+            last_order,
+            cart_since,
+            history,
+        )
+        return intents
+
+    def on_erased(self, store_id: str, customer_id: str, t: float) -> None:
+        """Forget the customer (its send history too); refuse its in-flight scores."""
+        key = f"{store_id}{SEP}{customer_id}"
+        prev = self.customers.pop(key, None)
+        if prev is not None:
+            self.counters["erased"] += 1
+        erased_at = max(t, prev.last_t) if prev is not None else t
+        self.tombstones[_tombstone(key)] = erased_at
+        horizon = erased_at - TOMBSTONE_S
+        self.tombstones = {h: at for h, at in self.tombstones.items() if at >= horizon}
+
+    def history_of(self, store_id: str, customer_id: str) -> SendHistory:
+        entry = self.customers.get(f"{store_id}{SEP}{customer_id}")
+        return (entry.history if entry is not None else None) or _EMPTY
+
+    # -- recovery ------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The state as bytes (rules are not included: they are reloaded from files)."""
+        state = (SNAPSHOT_VERSION, self.customers, self.tombstones, self.counters)
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def restore(cls, data: bytes, rules: RulesBook | str | Path) -> TriggerStage:
+        version, *state = pickle.loads(data)
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(f"unknown trigger snapshot version {version!r}")
+        customers, tombstones, counters = state
+        stage = cls(rules)
+        stage.customers = customers
+        stage.tombstones = tombstones
+        stage.counters.update(counters)
+        return stage
+
+
+# -- Bytewax ------------------------------------------------------------------------
+
+
+def trigger_key(item: Scored | Erased, key_groups: int) -> str:
+    """The key group string of a ``Scored`` or ``Erased`` item (as the customer stage)."""
+    if isinstance(item, Scored):
+        return str(key_group(item.request.store_id, item.request.customer_id, key_groups))
+    return str(key_group(item.store_id, item.customer_id, key_groups))
+
+
+class TriggerLogic(StatefulLogic[Any, RecallIntent, bytes]):
+    """Adapts :class:`TriggerStage`: ``Scored`` → intents, ``Erased`` → forget."""
+
+    def __init__(self, stage: TriggerStage) -> None:
+        self.stage = stage
+
+    def on_item(self, value: Any) -> tuple[list[RecallIntent], bool]:
+        if isinstance(value, Scored):
+            return self.stage.on_scored(value), StatefulLogic.RETAIN
+        if isinstance(value, Erased):
+            self.stage.on_erased(value.store_id, value.customer_id, value.t)
+        return [], StatefulLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return self.stage.snapshot()
+
+
+def build_trigger_logic(
+    rules: RulesBook | str | Path,
+) -> Callable[[bytes | None], TriggerLogic]:
+    """The ``op.stateful`` builder; all key groups of a worker share one ``RulesBook``."""
+    book = rules if isinstance(rules, RulesBook) else RulesBook(rules)
+
+    def build(resume: bytes | None) -> TriggerLogic:
+        if resume is not None:
+            return TriggerLogic(TriggerStage.restore(resume, book))
+        return TriggerLogic(TriggerStage(book))
+
+    return build
