@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
+from confluent_kafka import KafkaException
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import customers, health, model
+from api.routes import batch, customers, health, model, segments, webhooks
+from engine.connectors.kafka import ensure_topics
+from engine.errors import ServiceError
 from engine.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -21,9 +27,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.settings.redis_url, max_connections=64, timeout=5, socket_timeout=5
         )
         app.state.redis = redis.Redis(connection_pool=pool)
+        # Webhooks produce through one idempotent producer; the API still serves
+        # reads when the broker is down (webhooks then answer 503).
+        app.state.produce_timeout_s = webhooks.PRODUCE_TIMEOUT_S
+        app.state.producer = webhooks.open_producer(app.state.settings)
+        try:
+            ensure_topics(
+                app.state.settings.brokers,
+                [app.state.settings.events_topic, app.state.settings.dead_letter_topic],
+            )
+        except (ServiceError, KafkaException) as exc:
+            log.warning("cannot ensure the topics exist (webhooks will answer 503): %s", exc)
         try:
             yield
         finally:
+            app.state.producer.flush(5)
+            app.state.producer = None  # let librdkafka's threads go with the object
             app.state.redis.close()
             pool.disconnect()
 
@@ -32,6 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(customers.router)
     app.include_router(model.router)
+    app.include_router(batch.router)
+    app.include_router(segments.router)
+    app.include_router(webhooks.router)
     return app
 
 
