@@ -32,9 +32,10 @@ from engine.errors import ChurnflowError
 from engine.events import Event, EventDecodeError, OrderEvent, decode_event
 from engine.features.currency import to_base
 from engine.keygroups import key_group
-from engine.messages import DeadLetter, Example, Learned, ModelStatus, Scored, ScoreRequest
+from engine.messages import DeadLetter, Erased, Example, Learned, ModelStatus, Scored, ScoreRequest
 from engine.models.online import ChurnModel
 from engine.settings import Settings
+from engine.triggers.stage import build_trigger_logic, trigger_key
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class FlowSinks:
     examples: Sink[Any] | None = None
     scores: Sink[Any] | None = None
     learned: Sink[Any] | None = None
+    recalls: Sink[Any] | None = None
+    """Receives :class:`RecallIntent` items from the trigger stage (when given)."""
     """Receives a :class:`Learned` per example (the pre-learn probability): reports."""
 
 
@@ -273,6 +276,16 @@ def build_flow(
         op.output(
             "scores_out", op.filter("scored", scored, lambda x: isinstance(x, Scored)), sinks.scores
         )
+
+    if sinks.recalls is not None:
+        to_triggers = op.merge(
+            "to_triggers",
+            op.filter("trigger_scored", scored, lambda x: isinstance(x, Scored)),
+            op.filter("trigger_erased", stage_out, lambda x: isinstance(x, Erased)),
+        )
+        trigger_keyed = op.key_on("trigger_key", to_triggers, lambda x: trigger_key(x, groups))
+        intents = op.stateful("triggers", trigger_keyed, build_trigger_logic(settings.rules_dir))
+        op.output("recalls", op.key_rm("triggers_out", intents), sinks.recalls)
 
     others = op.filter(
         "stage_events", stage_out, lambda x: not isinstance(x, (ScoreRequest, Example))

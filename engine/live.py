@@ -9,9 +9,11 @@ from __future__ import annotations
 from bytewax.dataflow import Dataflow
 
 from engine.connectors.kafka import DeadLetterSink, events_source
+from engine.connectors.recall_sink import RecallSink
 from engine.connectors.redis_sink import RedisSink
 from engine.flow import FlowSinks, build_flow
 from engine.settings import Settings
+from engine.triggers.stage import RulesBook
 
 
 def get_flow() -> Dataflow:
@@ -19,6 +21,8 @@ def get_flow() -> Dataflow:
     sinks = FlowSinks(
         redis=RedisSink(settings.redis_url, settings.key_prefix),
         dead_letter=DeadLetterSink(settings.brokers, settings.dead_letter_topic),
+        recalls=RecallSink(settings.redis_url, settings.key_prefix),
     )
+    RulesBook(settings.rules_dir).preload()
     source = events_source(settings.brokers, settings.events_topic)
     return build_flow(source, sinks, settings)

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     key_prefix: str = "cf"
     """Prefix of every Redis key (tests use one per test)."""
     run_dir: Path = Path(".run")
+    rules_dir: Path = Path("rules")
+    """Recall rules: ``<store>.yaml``, else ``default.yaml`` (engine/triggers/rules.py)."""
     recovery_dir: Path | None = None
     """Bytewax recovery store; ``churnflow run`` defaults it to ``run_dir/recovery``."""
 
