@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 
+import orjson
 import redis
 from tqdm import tqdm
 
@@ -45,13 +46,14 @@ def _services_env(settings: Settings) -> Settings:
 
 
 def child_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process build exactly these settings."""
     env = dict(os.environ)
-    env["CHURNFLOW_KAFKA_BROKERS"] = settings.kafka_brokers
-    env["CHURNFLOW_REDIS_URL"] = settings.redis_url
-    env["CHURNFLOW_KEY_PREFIX"] = settings.key_prefix
-    env["CHURNFLOW_EVENTS_TOPIC"] = settings.events_topic
-    env["CHURNFLOW_DEAD_LETTER_TOPIC"] = settings.dead_letter_topic
-    env["CHURNFLOW_CLOCK"] = settings.clock
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            env.pop(f"CHURNFLOW_{name.upper()}", None)
+            continue
+        text = orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
+        env[f"CHURNFLOW_{name.upper()}"] = text
     return env
 
 
