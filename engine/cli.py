@@ -299,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_replay_parser(sub)
+    try:
+        from engine.delivery.cli import add_deliver_parser
+    except ImportError:  # delivery workers not installed in this build
+        pass
+    else:
+        add_deliver_parser(sub)
     return parser
 
 

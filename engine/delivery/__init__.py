@@ -1,0 +1,1 @@
+"""Delivery workers: recall intents from the Redis Streams queue to SMTP / signed webhooks."""
