@@ -3,16 +3,27 @@
 churnflow replay --source cdnow [--file PATH] --until YYYY-MM-DD --horizon-days H
                  --scores-out FILE.csv [--report-out FILE.html] [--workers N]
 churnflow replay --source table --file events.csv --map customer_id=cust,occurred_at=ts,...
+churnflow replay ... --rules rules/default.yaml [--rules other.yaml] [--assume-consent email]
+                 [--backtest-out FILE.csv]
+
+``--rules`` replays once per rules file (the file is used as ``default.yaml`` of a
+temporary rules directory, so it applies to every store) and prints the backtest
+table of :mod:`replay.backtest`; the churners, hence the recall denominators, are
+the same for every file. ``--assume-consent CHANNEL`` (replay only) grants every
+customer consent on CHANNEL, for histories without consent (CDNOW).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from engine.events import CHANNELS
 from engine.settings import Settings
 
 
@@ -33,6 +44,22 @@ def add_replay_parser(sub: Any) -> None:
     replay.add_argument("--report-out", type=Path, help="HTML report (a .md summary beside it)")
     replay.add_argument("--workers", type=int, default=1)
     replay.add_argument("--no-progress", action="store_true")
+    replay.add_argument(
+        "--rules",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="backtest this rules file (repeat to compare rule sets on the same history)",
+    )
+    replay.add_argument("--backtest-out", type=Path, help="CSV of the backtest table(s)")
+    replay.add_argument(
+        "--assume-consent",
+        action="append",
+        choices=CHANNELS,
+        metavar="CHANNEL",
+        help="replay only: every customer consents to CHANNEL (repeatable); "
+        f"one of {', '.join(CHANNELS)}",
+    )
     replay.set_defaults(func=cmd_replay)
 
 
@@ -50,14 +77,7 @@ def _load(args: argparse.Namespace) -> list[Any]:
     return list(result.events)
 
 
-def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from replay.harness import run_replay, write_scores_csv
-
-    events = _load(args)
-    settings = settings.model_copy(update={"horizon_days": args.horizon_days})
-    result = run_replay(
-        events, settings, until=args.until, workers=args.workers, progress=not args.no_progress
-    )
+def _summary(result: Any) -> None:
     print(
         f"replayed {result.events_in} events in {result.elapsed_s:.2f} s "
         f"({result.events_per_s:,.0f} events/s); {len(result.final_scores)} customers scored; "
@@ -71,6 +91,92 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             f"progressive ROC AUC={auc if auc is None else round(auc, 4)} "
             f"log loss={status.get('log_loss')}"
         )
+
+
+def _load_rules_files(paths: list[Path]) -> list[tuple[Path, Any]]:
+    """Validate every ``--rules`` file first: the engine would only log a bad one."""
+    from engine.errors import ConfigError
+    from engine.triggers.rules import load_rules
+
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append((path, load_rules(path)))
+        except (ConfigError, OSError) as exc:
+            raise SystemExit(f"--rules {path}: {exc}") from None
+    return loaded
+
+
+def _run_backtests(
+    args: argparse.Namespace,
+    loaded: list[tuple[Path, Any]],
+    events: list[Any],
+    fed: list[Any],
+    settings: Settings,
+) -> Any:
+    """One replay per ``--rules`` file, its table printed; returns the first result."""
+    from replay.backtest import backtest, format_table, rule_steps, write_backtest_csv
+    from replay.harness import end_of_day_ts, run_replay
+
+    kept = [e for e in events if args.until is None or e.ts <= end_of_day_ts(args.until)]
+    if not kept:
+        raise SystemExit("nothing to replay: no events on or before the cut")
+    window_end = end_of_day_ts(args.until) if args.until is not None else None
+    first = None
+    tables = []
+    for path, rules in loaded:
+        with tempfile.TemporaryDirectory(prefix="churnflow-rules-") as tmp:
+            shutil.copyfile(path, Path(tmp) / "default.yaml")
+            result = run_replay(
+                fed,
+                settings,
+                until=args.until,
+                workers=args.workers,
+                progress=not args.no_progress,
+                rules_dir=Path(tmp),
+            )
+        _summary(result)
+        first = first or result
+        bt = backtest(
+            kept,
+            result.intents,
+            args.horizon_days,
+            window_end=window_end,
+            rule_steps=rule_steps(rules),
+        )
+        tables.append((str(path), bt))
+        print(format_table(bt, title=str(path)))
+        if not result.intents and not args.assume_consent:
+            print(
+                "no intents: customers without a consent profile are never messaged "
+                "(no_consent); for a history without consent try --assume-consent email"
+            )
+    if args.backtest_out:
+        rows = write_backtest_csv(tables, args.backtest_out)
+        print(f"wrote {rows} backtest rows to {args.backtest_out}")
+    return first
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from replay.harness import run_replay, write_scores_csv
+
+    if args.backtest_out and not args.rules:
+        raise SystemExit("--backtest-out needs --rules")
+    loaded = _load_rules_files(args.rules or [])
+    events = _load(args)
+    settings = settings.model_copy(update={"horizon_days": args.horizon_days})
+    fed = events
+    if args.assume_consent:
+        from replay.backtest import assume_consent
+
+        fed = list(assume_consent(events, args.assume_consent))
+    if loaded:
+        result = _run_backtests(args, loaded, events, fed, settings)
+    else:
+        result = run_replay(
+            fed, settings, until=args.until, workers=args.workers, progress=not args.no_progress
+        )
+        _summary(result)
     if args.scores_out:
         rows = write_scores_csv(result, args.scores_out)
         print(f"wrote {rows} scores to {args.scores_out}")

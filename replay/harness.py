@@ -28,6 +28,7 @@ from engine.events import encode_event
 from engine.flow import FlowSinks, build_flow
 from engine.messages import Example, Learned, ModelStatus, Scored, SegmentChange, StageCounters
 from engine.settings import Settings
+from engine.triggers.intent import RecallIntent
 
 SOURCE_BATCH = 1000
 """Events per TestingSource batch (its default of 1 is ~10x slower)."""
@@ -59,6 +60,8 @@ class ReplayResult:
     scores_by_cause: dict[str, int] = field(default_factory=dict)
     learned: list[Learned] = field(default_factory=list)
     """Every example with the probability the model gave it just before learning it."""
+    intents: list[RecallIntent] = field(default_factory=list)
+    """What the trigger stage emitted (holdout ones too); only with ``rules_dir``."""
 
     @property
     def events_per_s(self) -> float:
@@ -72,11 +75,14 @@ def run_replay(
     until: date | None = None,
     workers: int = 1,
     progress: bool = False,
+    rules_dir: Path | None = None,
 ) -> ReplayResult:
     """Replay ``events`` (sorted by event time) through ``build_flow``.
 
     Events after ``until`` are not fed (no look-ahead); the run closes with a
     final watermark at the end of ``until`` (or of the last event's day).
+    With ``rules_dir`` the trigger stage runs with those rules and the recall
+    intents are collected in ``ReplayResult.intents`` (nothing is enqueued).
     """
     if until is not None:
         limit = end_of_day_ts(until)
@@ -85,6 +91,8 @@ def run_replay(
         raise ValueError("nothing to replay: no events on or before the cut")
     last_day = until or datetime.fromtimestamp(max(e.ts for e in events), UTC).date()
     settings = settings.model_copy(update={"clock": "event"})
+    if rules_dir is not None:
+        settings = settings.model_copy(update={"rules_dir": rules_dir})
 
     encoded: Iterable[bytes] = (encode_event(e) for e in events)
     if progress:
@@ -94,12 +102,14 @@ def run_replay(
     examples: list[Example] = []
     scores: list[Scored] = []
     learned: list[Learned] = []
+    intents: list[RecallIntent] = []
     sinks = FlowSinks(
         learned=TestingSink(learned),
         redis=TestingSink(sink_items),
         dead_letter=TestingSink(dead),
         examples=TestingSink(examples),
         scores=TestingSink(scores),
+        recalls=TestingSink(intents) if rules_dir is not None else None,
     )
     flow = build_flow(
         TestingSource(encoded, batch_size=SOURCE_BATCH),
@@ -147,6 +157,7 @@ def run_replay(
         elapsed_s=elapsed,
         scores_by_cause=by_cause,
         learned=learned,
+        intents=intents,
     )
 
 
