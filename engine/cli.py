@@ -26,6 +26,7 @@ import orjson
 import redis
 from tqdm import tqdm
 
+from engine.clock import wall_now
 from engine.connectors.kafka import ensure_topics, idempotent_producer
 from engine.events import decode_event
 from engine.services import is_alive, read_services, services_down, services_up
@@ -210,7 +211,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             "kafka_brokers": services["broker"].address,
             "redis_url": f"redis://{services['redis'].address}/0",
             "clock": "event",
-            "recovery_dir": settings.run_dir / f"recovery-demo-{int(time.time())}",
+            "recovery_dir": settings.run_dir / f"recovery-demo-{int(wall_now())}",
         }
     )
     children: list[subprocess.Popen[bytes]] = []
