@@ -81,7 +81,6 @@ class CustomerRecord:
         "last_order_ts",
         "prev_order_ts",
         "next_checkpoint_ts",
-        "checkpoints_taken",
         "pending_t0",
         "pending_features",
         "pending_answer",
@@ -95,7 +94,6 @@ class CustomerRecord:
         self.last_order_ts: float | None = None
         self.prev_order_ts: float | None = None
         self.next_checkpoint_ts: float | None = None
-        self.checkpoints_taken = 0
         self.pending_t0 = array("d")
         self.pending_features = array("f")
         self.pending_answer = array("d")
@@ -216,7 +214,6 @@ class KeyGroupCustomers:
         record.note_order(ts)
         if record.last_order_ts != previous_last:
             # a newer last order: a new silence, a new checkpoint schedule
-            record.checkpoints_taken = 0
             start = max(record.last_order_ts or ts, record.last_event_ts)
             record.next_checkpoint_ts = self._next_checkpoint_after(record, start)
             gap = features["gap_mean_days"] if record.state.order_count >= 2 else None
@@ -269,7 +266,6 @@ class KeyGroupCustomers:
         return at
 
     def _take_checkpoint(self, key: str, record: CustomerRecord, at: float) -> list[Any]:
-        record.checkpoints_taken += 1
         features = feature_vector(record.state, at)
         out = self._add_point(key, record, at, features)
         out.extend(self._score_request(key, record, at, "checkpoint", features))

@@ -15,8 +15,8 @@ one :class:`EventIdDedup`; these are plain classes, tested without a dataflow.
 >>> timers = TimerHeap()
 >>> timers.push(95.0, "label", "demo\\x1f42", 5.0)
 >>> timers.push(80.0, "checkpoint", "demo\\x1f42", 0.0)
->>> [t.at for t in timers.pop_due(wm.value)]
-[80.0]
+>>> timers.pop_next_due(wm.value).at, timers.pop_next_due(wm.value)
+(80.0, None)
 """
 
 from __future__ import annotations
@@ -79,13 +79,6 @@ class TimerHeap:
     def push(self, at: float, kind: str, customer_key: str, ref: float) -> None:
         self._seq += 1
         heapq.heappush(self._heap, Timer(at, self._seq, kind, customer_key, ref))
-
-    def pop_due(self, watermark: float) -> list[Timer]:
-        """Remove and return every timer at or before the watermark, earliest first."""
-        due = []
-        while self._heap and self._heap[0].at <= watermark:
-            due.append(heapq.heappop(self._heap))
-        return due
 
     def pop_next_due(self, watermark: float) -> Timer | None:
         """Remove and return the earliest timer at or before the watermark, if any.

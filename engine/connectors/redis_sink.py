@@ -24,7 +24,7 @@ import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from engine.messages import Erased, ModelStatus, Scored, SegmentChange, StageCounters
+from engine.messages import Erased, ModelStatus, Scored, StageCounters
 from engine.segments import SEGMENTS
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,11 @@ def profile_document(scored: Scored) -> dict[str, Any]:
 
 
 def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
-    """Write one batch of stage outputs in a single pipeline."""
+    """Write one batch of stage outputs in a single pipeline.
+
+    Segment membership follows each scored profile (ZADD to its segment, ZREM from
+    the others), so ``SegmentChange`` items need no write of their own.
+    """
     latest: dict[tuple[str, str], Scored] = {}
     erased: dict[tuple[str, str], Erased] = {}
     statuses: dict[int, ModelStatus] = {}
@@ -104,8 +108,6 @@ def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
             statuses[item.shard] = item
         elif isinstance(item, StageCounters):
             counters[item.key_group] = item
-        elif isinstance(item, SegmentChange):
-            pass  # membership follows the scored profile below
     pipe = client.pipeline(transaction=False)
     for (store_id, customer_id), scored in latest.items():
         doc = profile_document(scored)
