@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from engine.delivery.worker import (
 )
 from engine.errors import ServiceError
 from engine.events import MessageEvent, decode_event
+from engine.services import free_port
 from engine.settings import Settings
 from engine.triggers.intent import Offer, Personalisation, RecallIntent
 
@@ -85,12 +85,6 @@ def intent(
         offer=Offer(15, False, "BACK15"),
         personalisation=Personalisation(name, ("Shoes",), ()),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- loopback SMTP and HTTP receivers ----------------------------------------------
@@ -451,19 +445,16 @@ def test_already_sent_entries_are_never_sent_again(
     enqueue_intents(redis_client, prefix, batch)
     add_addresses(settings, redis_client, 1, 2)
 
-    # crash window: sent, but the outcome event is not acknowledged -> not acked
-    class DownProducer:
-        def produce(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def flush(self, timeout: float = 0) -> int:
-            return 1
-
+    # crash window: sent, but the outcome event is not acknowledged -> not acked.
+    # A real producer whose broker is unreachable (a closed loopback port) fails.
+    unreachable = Producer(
+        {"bootstrap.servers": f"127.0.0.1:{free_port()}", "message.timeout.ms": 1000}
+    )
     first = email_worker(
         settings,
         redis_client,
         port,
-        producer=cast(Producer, DownProducer()),
+        producer=unreachable,
         consumer="first",
         claim_min_idle_ms=50,
     )
