@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 
 class ErrorDetail(BaseModel):
@@ -21,11 +26,14 @@ class ErrorBody(BaseModel):
 class ApiError(Exception):
     """An error with an HTTP status, a stable code and a human message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 def _body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -35,16 +43,31 @@ def _body(code: str, message: str) -> dict[str, dict[str, str]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        headers.update(exc.headers or {})
         return JSONResponse(_body(exc.code, exc.message), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            detail = (first.get("ctx") or {}).get("error", "")
+            return JSONResponse(
+                _body("malformed_json", f"the body is not JSON: {detail}"), status_code=400
+            )
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse(_body("invalid_request", f"{where}: {first['msg']}"), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return JSONResponse(
+            _body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.warning("redis error on %s: %s", request.url.path, exc)
+        return JSONResponse(_body("unavailable", "the store is unavailable"), status_code=503)
