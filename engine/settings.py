@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     demo_api_key: str | None = None
+    rate_limit_per_s: float = Field(50.0, gt=0)
+    """Requests per second one API key may make (token bucket refill rate)."""
+    rate_limit_burst: int = Field(100, ge=1)
+    """Requests one API key may make at once (token bucket size)."""
+    webhook_rate_limit_per_s: float = Field(200.0, gt=0)
+    """Signed webhook deliveries per second per store."""
+    webhook_rate_limit_burst: int = Field(400, ge=1)
 
     @property
     def brokers(self) -> list[str]:
