@@ -8,7 +8,8 @@ import redis
 from fastapi import Depends, Header, Request
 
 from api.errors import ApiError
-from api.keys import ApiKey, lookup_key
+from api.keys import ApiKey, hash_key, lookup_key
+from api.ratelimit import apikey_bucket, enforce
 from engine.settings import Settings
 
 
@@ -31,12 +32,15 @@ def get_api_key(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> ApiKey:
-    """The caller's key from ``Authorization: Bearer <key>``, or 401."""
+    """The caller's key from ``Authorization: Bearer <key>``, or 401; 429 past its rate limit."""
     if not authorization or not authorization.startswith("Bearer "):
         raise ApiError(401, "unauthenticated", "missing Authorization: Bearer <key> header")
-    found = lookup_key(client, settings.key_prefix, authorization.removeprefix("Bearer ").strip())
+    raw_key = authorization.removeprefix("Bearer ").strip()
+    found = lookup_key(client, settings.key_prefix, raw_key)
     if found is None:
         raise ApiError(401, "unauthenticated", "unknown or revoked API key")
+    bucket = apikey_bucket(settings.key_prefix, hash_key(raw_key))
+    enforce(client, bucket, settings.rate_limit_per_s, settings.rate_limit_burst, "this API key")
     return found
 
 

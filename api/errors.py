@@ -51,7 +51,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         if first.get("type") == "json_invalid":
-            detail = (first.get("ctx") or {}).get("error", "")
+            ctx = first.get("ctx")
+            detail = ctx.get("error", "") if isinstance(ctx, dict) else ""
             return JSONResponse(
                 _body("malformed_json", f"the body is not JSON: {detail}"), status_code=400
             )
