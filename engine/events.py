@@ -179,6 +179,13 @@ class MessageEvent(_EventBase):
     channel: Channel
     message_id: Annotated[str, Field(max_length=200)] | None = None
     rule_id: Annotated[str, Field(max_length=128)] | None = None
+    step: Annotated[int, Field(ge=0)] | None = None
+    """The rule's step (0-based) of a recall message."""
+    variant: Annotated[str, Field(max_length=64)] | None = None
+    """The A/B arm of a recall message, if its rule runs an experiment."""
+    offer_percent_off: Annotated[int, Field(ge=0, le=100)] | None = None
+    offer_free_shipping: bool | None = None
+    """The offer a recall message made (effect tracking costs it per conversion)."""
 
 
 class CustomerProfileEvent(_EventBase):

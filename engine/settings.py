@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     model_warm_examples: int = Field(500, ge=0)
     """Examples the model must learn before its scores replace the prior."""
     epoch_interval_s: float = Field(2.0, gt=0)
+    attribution_window_days: int = Field(7, ge=1)
+    """Effect tracking: an order this many days after a recall send (or a holdout
+    intent's would-be send time) converts it."""
+    free_shipping_cost: float = Field(0.0, ge=0)
+    """Effect tracking: cost (base currency) of free shipping on one converted order."""
+    send_cost: dict[str, float] = Field(default_factory=dict)
+    """Effect tracking: cost of one message by channel (base currency); absent: 0."""
     redis_batch_size: int = Field(500, ge=1)
 
     # api
