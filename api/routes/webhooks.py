@@ -38,6 +38,7 @@ is deduplicated by the dataflow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -54,6 +55,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.errors import ApiError, ErrorBody
+from api.ratelimit import enforce, webhook_bucket
 from api.webhook_secrets import get_secret
 from api.webhooks import (
     NormalizeResult,
@@ -68,7 +70,7 @@ from api.webhooks import (
 )
 from engine.connectors.kafka import idempotent_producer
 from engine.errors import ChurnflowError
-from engine.events import Event, encode_event, parse_event
+from engine.events import EraseRequest, Event, encode_event, parse_event
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -193,6 +195,11 @@ def _produce_events(request: Request, events: list[Event], timeout_s: float) -> 
     _produce_all(request.app.state.producer, messages, timeout_s)
 
 
+def produce_events(request: Request, events: list[Event]) -> None:
+    """Produce events with the app's idempotent producer; return once all are acked, or 503."""
+    _produce_events(request, events, _timeout(request))
+
+
 # ------------------------------------------------------------------ request plumbing
 
 
@@ -229,6 +236,14 @@ def _bad_signature(request: Request, store_id: str, platform: str) -> ApiError:
     client = request.client.host if request.client else "?"
     log.warning("webhook bad signature store=%s platform=%s from=%s", store_id, platform, client)
     return ApiError(401, "bad_signature", f"the {platform} signature does not match the body")
+
+
+def _rate_limit(request: Request, store_id: str) -> None:
+    """The store's webhook budget (taken after the signature check), or 429."""
+    settings: Settings = request.app.state.settings
+    bucket = webhook_bucket(settings.key_prefix, store_id)
+    rate, burst = settings.webhook_rate_limit_per_s, settings.webhook_rate_limit_burst
+    enforce(request.app.state.redis, bucket, rate, burst, f"webhooks of store {store_id!r}")
 
 
 def _timeout(request: Request) -> float:
@@ -270,6 +285,41 @@ def _accept(request: Request, result: NormalizeResult | UnsupportedTopic) -> JSO
     return JSONResponse(body.model_dump(), status_code=202)
 
 
+def _apply_erasures(
+    request: Request, result: NormalizeResult | UnsupportedTopic
+) -> NormalizeResult | UnsupportedTopic:
+    """Erase requests (customers/redact) also remove the customer's Redis data now.
+
+    With ``clock=event`` the event is re-dated into the dataflow's event time
+    (:func:`api.routes.privacy.erase_time`).
+    """
+    if isinstance(result, UnsupportedTopic) or not any(
+        isinstance(e, EraseRequest) for e in result.events
+    ):
+        return result
+    from api.routes.privacy import erase_customer_data, erase_time  # privacy imports us
+
+    settings: Settings = request.app.state.settings
+    client: redis.Redis = request.app.state.redis
+    events: list[Event] = []
+    for event in result.events:
+        if isinstance(event, EraseRequest):
+            if settings.clock == "event":
+                when = erase_time(client, settings, event.store_id, event.customer_id)
+                event = event.model_copy(update={"occurred_at": when})
+            removed = erase_customer_data(
+                client, settings.key_prefix, event.store_id, event.customer_id
+            )
+            log.info(
+                "webhook erase store=%s customer=%s removed=%s",
+                event.store_id,
+                event.customer_id,
+                removed._asdict(),
+            )
+        events.append(event)
+    return dataclasses.replace(result, events=events)
+
+
 def _load_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)  # ints exact to 64 bits; nesting is bounded
@@ -292,6 +342,7 @@ def _shopify(
     secret = _secret(request, store_id, "shopify")
     if not verify_shopify(raw, signature, secret):
         raise _bad_signature(request, store_id, "shopify")
+    _rate_limit(request, store_id)
     webhook_id = (webhook_id or "").strip() or None
     if webhook_id is not None and len(webhook_id) > MAX_WEBHOOK_ID_CHARS:
         raise ApiError(400, "invalid_request", "X-Shopify-Webhook-Id is too long")
@@ -309,15 +360,17 @@ def _shopify(
         )
 
     result = _normalise_or_dead_letter(request, store_id, "shopify", raw, normalise)
+    if topic and "data_request" in topic.lower():
+        log.info("shopify customers/data_request store=%s body=%s", store_id, raw[:2000])
     if webhook_id is None:
-        return _accept(request, result)
+        return _accept(request, _apply_erasures(request, result))
     settings: Settings = request.app.state.settings
     client: redis.Redis = request.app.state.redis
     dedup = f"{settings.key_prefix}:{{{store_id}}}:webhook:{webhook_id}"
     if not client.set(dedup, b"1", nx=True, ex=DEDUP_TTL_S):
         return JSONResponse({"duplicate": True}, status_code=200)
     try:
-        return _accept(request, result)
+        return _accept(request, _apply_erasures(request, result))
     except Exception:
         client.delete(dedup)  # not delivered: the platform's retry must go through
         raise
@@ -353,6 +406,7 @@ def _woocommerce(
     secret = _secret(request, store_id, "woocommerce")
     if not verify_woocommerce(raw, signature, secret):
         raise _bad_signature(request, store_id, "woocommerce")
+    _rate_limit(request, store_id)
     result = _normalise_or_dead_letter(
         request,
         store_id,
@@ -408,6 +462,7 @@ def _generic(request: Request, store_id: str, raw: bytes, signature: str | None)
     secret = _secret(request, store_id, "events")
     if not verify_generic(raw, signature, secret):
         raise _bad_signature(request, store_id, "events")
+    _rate_limit(request, store_id)
     result = _normalise_or_dead_letter(
         request, store_id, "events", raw, lambda: _parse_batch(raw, store_id)
     )
