@@ -307,6 +307,13 @@ def test_email_rendered_sent_once_when_due_and_reported(
     )
     assert {e.type for e in events} == {"message_sent"}
     assert {(e.channel, e.rule_id, e.source) for e in events} == {("email", "winback", "churnflow")}
+    # what effect tracking needs: step, arm, offer, and the id engagement events refer to
+    assert {(e.step, e.variant, e.offer_percent_off, e.offer_free_shipping) for e in events} == {
+        (0, None, 15, False)
+    }
+    ids = {e.event_id: e.message_id or "" for e in events}
+    for i in batch:  # the SMTP Message-ID (which bounces and opens quote)
+        assert message_id_for(i.idempotency_key) in ids[f"dlv:message_sent:{i.idempotency_key}"]
     third = next(e for e in events if e.customer_id == "c:3")
     assert third.ts == NOW + 600
 

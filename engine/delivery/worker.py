@@ -84,7 +84,7 @@ from confluent_kafka import Producer
 
 from engine.clock import wall_now
 from engine.connectors.recall_sink import DEFAULT_TTL_S, queue_key
-from engine.delivery.providers import OutboundMessage, Provider, ProviderError
+from engine.delivery.providers import OutboundMessage, Provider, ProviderError, message_id_for
 from engine.errors import ServiceError
 from engine.events import CHANNELS, Channel, MessageEvent, encode_event
 from engine.triggers.intent import Offer, Personalisation, RecallIntent
@@ -211,6 +211,16 @@ def message_event(
     at: float,
     message_id: str | None,
 ) -> MessageEvent:
+    """The outcome event of an intent: rule, step, arm, channel and offer for effect
+    tracking; ``message_id`` is the provider's id, else the one derived from the
+    idempotency key (what the SMTP ``Message-ID`` carries).
+
+    >>> intent = RecallIntent("demo", "c1", "winback", 1, 0.0, 0.0, "email", "dormancy_2",
+    ...                       "en", variant="subject_b", offer=Offer(10))
+    >>> ev = message_event(intent, "message_bounced", at=0.0, message_id=None)
+    >>> ev.rule_id, ev.step, ev.variant, ev.offer_percent_off, ev.message_id[:3]
+    ('winback', 1, 'subject_b', 10, 'cf-')
+    """
     return MessageEvent(
         type=event_type,
         event_id=event_id_for(intent.idempotency_key, event_type),
@@ -219,8 +229,12 @@ def message_event(
         occurred_at=datetime.fromtimestamp(at, UTC),
         source="churnflow",
         channel=cast(Channel, intent.channel),
-        message_id=message_id,
+        message_id=message_id or message_id_for(intent.idempotency_key),
         rule_id=intent.rule_id,
+        step=intent.step,
+        variant=intent.variant,
+        offer_percent_off=intent.offer.percent_off,
+        offer_free_shipping=intent.offer.free_shipping,
     )
 
 
