@@ -47,9 +47,9 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from procs import DeadLetters, kill9, paced, profiles, start_dataflow
 
-from engine.cli import child_env, dataflow_command, produce_lines
+from engine.cli import produce_lines
 from engine.events import BrowseEvent, OrderEvent, encode_event
 from engine.settings import Settings
 
@@ -128,26 +128,6 @@ def fresh(settings: Settings, tmp_path: Path, name: str) -> Settings:
     )
 
 
-def start(settings: Settings) -> subprocess.Popen[bytes]:
-    env = child_env(settings)
-    env["CHURNFLOW_KEY_GROUPS"] = str(settings.key_groups)
-    env["CHURNFLOW_MODEL_WARM_EXAMPLES"] = str(settings.model_warm_examples)
-    env["CHURNFLOW_EPOCH_INTERVAL_S"] = str(settings.epoch_interval_s)
-    return subprocess.Popen(
-        dataflow_command(settings), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
-def profiles(client: redis.Redis, prefix: str) -> dict[str, dict[str, Any]]:
-    keys = list(client.scan_iter(f"{prefix}:{{shop}}:customer:*", count=1000))
-    values = client.mget(keys) if keys else []
-    return {
-        k.decode().rsplit(":", 1)[1]: orjson.loads(v)
-        for k, v in zip(keys, values, strict=True)
-        if v
-    }
-
-
 def model_status(client: redis.Redis, prefix: str) -> dict[str, Any]:
     raw = client.get(f"{prefix}:model:0")
     return orjson.loads(raw) if raw else {}
@@ -215,56 +195,6 @@ def resume_offset(recovery: Path) -> int | None:
     return None if best is None else best[1]
 
 
-class DeadLetters:
-    """Reads the dead-letter topic as it grows (Tansu's high watermark is not reliable)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_brokers,
-                "group.id": f"dl-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 50,
-            }
-        )
-        self.consumer.assign([TopicPartition(settings.dead_letter_topic, 0, 0)])
-        self.sources: list[int] = []
-
-    def _poll(self, timeout_s: float) -> bool:
-        msg = self.consumer.poll(timeout_s)
-        if msg is None or msg.error():
-            return False
-        source = dict(msg.headers() or [])["source"].decode()
-        self.sources.append(int(source.rsplit("/", 1)[1]))
-        return True
-
-    def wait_new(self, timeout_s: float = 60.0) -> None:
-        """Until one more dead letter arrives (the dataflow is processing)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._poll(0.05):
-                return
-        raise AssertionError("the dataflow wrote no dead letter in time")
-
-    def drain(self, idle_s: float = 1.0) -> None:
-        idle = time.monotonic()
-        while time.monotonic() - idle < idle_s:
-            if self._poll(0.05):
-                idle = time.monotonic()
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def paced(lines: list[bytes], seconds: float = CHUNK_SECONDS) -> Iterator[bytes]:
-    """The lines spread over ``seconds``, so that a kill lands mid-stream."""
-    began = time.monotonic()
-    for n, line in enumerate(lines):
-        if n % 10 == 0:
-            time.sleep(max(0.0, began + seconds * n / len(lines) - time.monotonic()))
-        yield line
-
-
 def split(lines: list[bytes], rng: random.Random) -> list[list[bytes]]:
     """CHUNKS chunks of seeded random sizes, each ending with a malformed marker."""
     cuts = sorted(rng.sample(range(len(lines) // 8, len(lines) - len(lines) // 8), CHUNKS - 1))
@@ -293,12 +223,6 @@ class Runs:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def kill9(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()  # SIGKILL to the bytewax.run process itself (a direct child)
-    proc.wait(10)
-
-
 def run_crashing(
     settings: Settings, client: redis.Redis, runs: Runs, procs: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -307,16 +231,18 @@ def run_crashing(
     chunks = split(runs.lines, rng)
     letters = DeadLetters(settings)
     try:
-        procs.append(start(settings))
+        procs.append(start_dataflow(settings))
         # a malformed probe first: its dead letter says the dataflow is up and reading
         runs.topic.append(b"probe")
         produced = produce_lines(settings, iter(runs.topic))
         letters.wait_new()
         for i, chunk in enumerate(chunks):
             if i > 0:
-                procs.append(start(settings))
+                procs.append(start_dataflow(settings))
             runs.topic.extend(chunk)
-            producer = threading.Thread(target=produce_lines, args=(settings, paced(chunk)))
+            producer = threading.Thread(
+                target=produce_lines, args=(settings, paced(chunk, CHUNK_SECONDS))
+            )
             producer.start()
             if i == len(chunks) - 1:
                 producer.join()
@@ -372,7 +298,7 @@ def runs(services: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> 
     try:
         began = time.monotonic()
         produce_lines(clean, iter(lines))
-        procs.append(start(clean))  # the clean run goes on meanwhile, uninterrupted
+        procs.append(start_dataflow(clean))  # the clean run goes on meanwhile, uninterrupted
         run_crashing(crash, client, result, procs)
         result.timings["crash_run_s"] = round(time.monotonic() - began, 1)
         result.clean, result.clean_model = wait_complete(client, clean.key_prefix, orders, procs[0])
