@@ -11,7 +11,7 @@ from confluent_kafka import KafkaException
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import batch, customers, health, model, segments, webhooks
+from api.routes import batch, cohorts, customers, health, model, segments, webhooks
 from engine.connectors.kafka import ensure_topics
 from engine.errors import ServiceError
 from engine.settings import Settings
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(model.router)
     app.include_router(batch.router)
     app.include_router(segments.router)
+    app.include_router(cohorts.router)
     app.include_router(webhooks.router)
     return app
 

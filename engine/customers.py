@@ -27,11 +27,19 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.cohorts import CohortTable, CustomerPeriods, LifecycleCounts, week_index
 from engine.events import EraseRequest, Event, OrderEvent
 from engine.features.state import CustomerState
 from engine.features.vector import FEATURE_NAMES, feature_vector, profile_attributes
 from engine.keygroups import EventIdDedup, TimerHeap, Watermark
-from engine.messages import Erased, Example, ScoreRequest, SegmentChange, StageCounters
+from engine.messages import (
+    Erased,
+    Example,
+    GroupAggregates,
+    ScoreRequest,
+    SegmentChange,
+    StageCounters,
+)
 from engine.segments import lifecycle_segment, silent_after_days, value_tier
 
 DAY = 86400.0
@@ -85,7 +93,9 @@ class CustomerRecord:
         "pending_features",
         "pending_answer",
         "segment",
+        "tier",
         "churn_t0s",
+        "periods",
     )
 
     def __init__(self) -> None:
@@ -99,6 +109,9 @@ class CustomerRecord:
         self.pending_answer = array("d")
         """Per pending point: time of the first order in its horizon, NaN while none."""
         self.segment = "prospect"
+        self.tier: str | None = None
+        """Value tier once the customer has ordered (prospects have none)."""
+        self.periods = CustomerPeriods()
         self.churn_t0s = array("d")
         """The newest prediction points labelled 1 (at most MAX_CHURN_T0S), to count
         late orders that would have answered them."""
@@ -130,6 +143,10 @@ class KeyGroupCustomers:
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
     group_id: int = -1
     """The key group number, learned from the first event (Bytewax builders get no key)."""
+    cohorts: CohortTable = field(default_factory=CohortTable)
+    lifecycle: LifecycleCounts = field(default_factory=LifecycleCounts)
+    published_day: float = float("-inf")
+    """The event-time day (watermark // DAY) of the last published aggregates."""
 
     def __post_init__(self) -> None:
         self.watermark = Watermark(self.config.allowed_lateness_s)
@@ -162,8 +179,11 @@ class KeyGroupCustomers:
         key = f"{event.store_id}{SEP}{event.customer_id}"
         out: list[Any] = []
         if isinstance(event, EraseRequest):
-            if self.customers.pop(key, None) is not None:
+            erased = self.customers.pop(key, None)
+            if erased is not None:
                 counters["erased"] += 1
+                self.cohorts.remove_customer(event.store_id, erased.periods)
+                self.lifecycle.move(event.store_id, erased.segment, None, erased.tier, None)
             out.append(Erased(event.store_id, event.customer_id, ts))
             out.extend(self._fire_timers())
             return out
@@ -171,6 +191,7 @@ class KeyGroupCustomers:
         record = self.customers.get(key)
         if record is None:
             record = self.customers[key] = CustomerRecord()
+            self.lifecycle.move(event.store_id, None, record.segment, None, None)
         in_order = ts >= record.last_event_ts
         if in_order:
             # checkpoints the customer's silence reached before this event
@@ -185,6 +206,7 @@ class KeyGroupCustomers:
         t = record.last_event_ts
         features = feature_vector(record.state, t)
         if isinstance(event, OrderEvent) and event.type == "order_created":
+            self.cohorts.add_order(event.store_id, record.periods, ts)
             out.extend(self._on_order(key, record, ts, in_order, features))
         out.extend(self._score_request(key, record, t, "event", features))
         out.extend(self._fire_timers())
@@ -234,10 +256,10 @@ class KeyGroupCustomers:
     def _fire_timers(self) -> list[Any]:
         watermark = self.watermark.value
         timer = self.timers.pop_next_due(watermark)
-        if timer is None:
-            return []
         out: list[Any] = []
         while timer is not None:
+            # lifecycle weeks close in event-time order, between the timers
+            self.lifecycle.close_weeks_before(week_index(timer.at))
             record = self.customers.get(timer.customer_key)
             if record is None:  # erased since
                 timer = self.timers.pop_next_due(watermark)
@@ -251,7 +273,12 @@ class KeyGroupCustomers:
             elif timer.kind == "segment" and timer.ref == record.last_order_ts:
                 out.extend(self._score_request(timer.customer_key, record, timer.at, "checkpoint"))
             timer = self.timers.pop_next_due(watermark)
-        self.dedup.prune(self.watermark.value)
+        if watermark > float("-inf"):
+            self.lifecycle.close_weeks_before(week_index(watermark))
+            if watermark // DAY > self.published_day:
+                self.published_day = watermark // DAY
+                out.extend(self.aggregates_messages())
+        self.dedup.prune(watermark)
         return out
 
     def _next_checkpoint_after(self, record: CustomerRecord, start: float) -> float | None:
@@ -358,14 +385,19 @@ class KeyGroupCustomers:
         segment = lifecycle_segment(
             state.order_count, days_since, gap_mean, last_gap, self.config.horizon_days
         )
-        tier = value_tier(features["spend_total_base"], self.config.value_thresholds)
+        tier: str | None = value_tier(features["spend_total_base"], self.config.value_thresholds)
         store_id, customer_id = key.split(SEP, 1)
         out: list[Any] = []
-        if segment != record.segment:
-            out.append(SegmentChange(store_id, customer_id, t, record.segment, segment))
-            record.segment = segment
+        tier = tier if state.has_orders else None
+        if segment != record.segment or tier != record.tier:
+            self.lifecycle.move(store_id, record.segment, segment, record.tier, tier)
+            if segment != record.segment:
+                out.append(SegmentChange(store_id, customer_id, t, record.segment, segment))
+            record.segment, record.tier = segment, tier
         profile = profile_attributes(state)
-        out.append(ScoreRequest(store_id, customer_id, t, features, segment, tier, profile, cause))
+        out.append(
+            ScoreRequest(store_id, customer_id, t, features, segment, tier or "low", profile, cause)
+        )
         return out
 
     def final(self, end_ts: float) -> list[Any]:
@@ -375,6 +407,28 @@ class KeyGroupCustomers:
             record = self.customers[key]
             if record.state.has_orders:
                 out.extend(self._score_request(key, record, end_ts, "final"))
+        out.extend(self.aggregates_messages(every_store=True))
+        return out
+
+    def aggregates_messages(self, every_store: bool = False) -> list[Any]:
+        """The counters, and the cohort and lifecycle tables of the stores that changed.
+
+        Published as absolute values (never increments), so a restart that re-emits
+        them leaves the sinks as they were.
+        """
+        stores = set(self.lifecycle.current) if every_store else set()
+        stores |= self.cohorts.dirty | self.lifecycle.dirty
+        self.cohorts.dirty.clear()
+        self.lifecycle.dirty.clear()
+        out: list[Any] = [
+            GroupAggregates(
+                self.group_id,
+                store_id,
+                self.cohorts.as_dict(store_id),
+                self.lifecycle.history(store_id),
+            )
+            for store_id in sorted(stores)
+        ]
         out.append(self.counters_message())
         return out
 

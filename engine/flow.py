@@ -123,13 +123,13 @@ class KeyGroupLogic(StatefulLogic[tuple[Event, float], Any, bytes]):
         # Bytewax calls this once the scheduled time passed, even if on_item just
         # moved things: advance_to() re-checks every timer against the watermark.
         out = self.group.advance_to(wall_now() - self.group.config.allowed_lateness_s)
-        out.append(self.group.counters_message())
+        out.extend(self.group.aggregates_messages())
         return out, StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
         if self.final_ts is not None:
             return self.group.final(self.final_ts), StatefulLogic.RETAIN
-        return [self.group.counters_message()], StatefulLogic.RETAIN
+        return self.group.aggregates_messages(every_store=True), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         if self.clock == "wall":

@@ -1,7 +1,8 @@
 """The items that flow between the dataflow's stages (plain, picklable dataclasses).
 
 decode ─► Event | DeadLetter
-customer stage ─► ScoreRequest, Example, SegmentChange, Erased, StageCounters
+customer stage ─► ScoreRequest, Example, SegmentChange, Erased, StageCounters,
+                   GroupAggregates
 model stage ─► Scored, ModelStatus
 """
 
@@ -74,6 +75,16 @@ class StageCounters:
     key_group: int
     counts: dict[str, int]
     watermark: float
+
+
+@dataclass(frozen=True, slots=True)
+class GroupAggregates:
+    """One key group's cohort table and weekly lifecycle counts of one store (absolute)."""
+
+    key_group: int
+    store_id: str
+    cohorts: dict[str, dict[str, list[int]]]
+    lifecycle: list[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)

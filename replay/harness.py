@@ -26,7 +26,15 @@ from tqdm import tqdm
 
 from engine.events import encode_event
 from engine.flow import FlowSinks, build_flow
-from engine.messages import Example, Learned, ModelStatus, Scored, SegmentChange, StageCounters
+from engine.messages import (
+    Example,
+    GroupAggregates,
+    Learned,
+    ModelStatus,
+    Scored,
+    SegmentChange,
+    StageCounters,
+)
 from engine.settings import Settings
 from engine.triggers.intent import RecallIntent
 
@@ -62,6 +70,8 @@ class ReplayResult:
     """Every example with the probability the model gave it just before learning it."""
     intents: list[RecallIntent] = field(default_factory=list)
     """What the trigger stage emitted (holdout ones too); only with ``rules_dir``."""
+    aggregates: list[GroupAggregates] = field(default_factory=list)
+    """The newest cohort and lifecycle tables of each (store, key group)."""
 
     @property
     def events_per_s(self) -> float:
@@ -128,6 +138,7 @@ def run_replay(
     status = None
     per_group: dict[int, dict[str, int]] = {}
     changes = 0
+    aggregates: dict[tuple[str, int], GroupAggregates] = {}
     for item in sink_items:
         if isinstance(item, ModelStatus):
             status = item.metrics
@@ -135,6 +146,8 @@ def run_replay(
             per_group[item.key_group] = item.counts  # cumulative: keep the newest
         elif isinstance(item, SegmentChange):
             changes += 1
+        elif isinstance(item, GroupAggregates):
+            aggregates[(item.store_id, item.key_group)] = item
     counters: dict[str, int] = {}
     for counts in per_group.values():
         for name, value in counts.items():
@@ -158,6 +171,7 @@ def run_replay(
         scores_by_cause=by_cause,
         learned=learned,
         intents=intents,
+        aggregates=[aggregates[key] for key in sorted(aggregates)],
     )
 
 

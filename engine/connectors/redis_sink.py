@@ -24,7 +24,7 @@ import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from engine.messages import Erased, ModelStatus, Scored, StageCounters
+from engine.messages import Erased, GroupAggregates, ModelStatus, Scored, StageCounters
 from engine.segments import SEGMENTS
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,15 @@ def customer_key(prefix: str, store_id: str, customer_id: str) -> str:
 
 def segment_key(prefix: str, store_id: str, segment: str) -> str:
     return f"{prefix}:{{{store_id}}}:segment:{segment}"
+
+
+def aggregates_key(prefix: str, store_id: str, table: str, key_group: int) -> str:
+    """One key group's ``cohorts`` or ``lifecycle`` table of a store (JSON).
+
+    >>> aggregates_key("cf", "demo", "cohorts", 7)
+    'cf:{demo}:cohorts:7'
+    """
+    return f"{prefix}:{{{store_id}}}:{table}:{key_group}"
 
 
 def model_key(prefix: str, shard: int) -> str:
@@ -95,6 +104,7 @@ def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
     erased: dict[tuple[str, str], Erased] = {}
     statuses: dict[int, ModelStatus] = {}
     counters: dict[int, StageCounters] = {}
+    aggregates: dict[tuple[str, int], GroupAggregates] = {}
     for item in items:
         if isinstance(item, Scored):
             key = (item.request.store_id, item.request.customer_id)
@@ -108,6 +118,8 @@ def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
             statuses[item.shard] = item
         elif isinstance(item, StageCounters):
             counters[item.key_group] = item
+        elif isinstance(item, GroupAggregates):
+            aggregates[(item.store_id, item.key_group)] = item
     pipe = client.pipeline(transaction=False)
     for (store_id, customer_id), scored in latest.items():
         doc = profile_document(scored)
@@ -129,6 +141,11 @@ def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
     for group, stage in counters.items():
         body = {"watermark": stage.watermark, **stage.counts}
         pipe.set(f"{prefix}:stage:{group}", orjson.dumps(body))
+    for (store_id, group), tables in aggregates.items():
+        pipe.set(aggregates_key(prefix, store_id, "cohorts", group), orjson.dumps(tables.cohorts))
+        pipe.set(
+            aggregates_key(prefix, store_id, "lifecycle", group), orjson.dumps(tables.lifecycle)
+        )
     pipe.execute()
 
 
