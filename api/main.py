@@ -11,7 +11,7 @@ from confluent_kafka import KafkaException
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import batch, cohorts, customers, health, model, segments, webhooks
+from api.routes import batch, cohorts, customers, dashboard, health, model, segments, webhooks
 from engine.connectors.kafka import ensure_topics
 from engine.errors import ServiceError
 from engine.settings import Settings
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(segments.router)
     app.include_router(cohorts.router)
     app.include_router(webhooks.router)
+    app.include_router(dashboard.router)
     return app
 
 
