@@ -37,7 +37,7 @@ def main() -> None:
         browser = pw.chromium.launch(executable_path=args.chromium, args=ARGS)
         page = browser.new_page(viewport={"width": args.width, "height": args.height})
         page.goto(f"{args.url}/dashboard/{args.store}#key={args.key}")
-        page.wait_for_function("document.body.dataset.updated !== undefined", timeout=30000)
+        page.wait_for_function("() => document.body.dataset.updated !== undefined", timeout=30000)
         page.wait_for_timeout(500)
         page.screenshot(path=str(args.out), full_page=True)
         browser.close()
