@@ -6,6 +6,7 @@
                      └─► key group ─► customers (stateful) ─┬─► model (stateful_batch) ─► redis
                                                             ├─► examples sink (optional)
                                                             └─► segment changes, counters ─► redis
+    orders, messages, erasures + holdout intents (triggers) ─► effects (stateful) ─► effects sink
 
 Input items are raw bytes (or Kafka messages carrying them); the domain logic
 lives in :mod:`engine.customers` and :mod:`engine.models.online`, which the
@@ -28,6 +29,7 @@ from bytewax.outputs import Sink
 
 from engine.clock import wall_now, wall_now_dt
 from engine.customers import KeyGroupCustomers, StageConfig
+from engine.effects_stage import build_effects_logic, effects_key, is_effect_input
 from engine.errors import ChurnflowError
 from engine.events import Event, EventDecodeError, OrderEvent, decode_event
 from engine.features.currency import to_base
@@ -54,6 +56,8 @@ class FlowSinks:
     recalls: Sink[Any] | None = None
     """Receives :class:`RecallIntent` items from the trigger stage (when given)."""
     """Receives a :class:`Learned` per example (the pre-learn probability): reports."""
+    effects: Sink[Any] | None = None
+    """Receives :class:`engine.effects.EffectsSnapshot` items (effect tracking, when given)."""
 
 
 def stage_config(settings: Settings) -> StageConfig:
@@ -277,6 +281,7 @@ def build_flow(
             "scores_out", op.filter("scored", scored, lambda x: isinstance(x, Scored)), sinks.scores
         )
 
+    recalls = None
     if sinks.recalls is not None:
         to_triggers = op.merge(
             "to_triggers",
@@ -285,7 +290,16 @@ def build_flow(
         )
         trigger_keyed = op.key_on("trigger_key", to_triggers, lambda x: trigger_key(x, groups))
         intents = op.stateful("triggers", trigger_keyed, build_trigger_logic(settings.rules_dir))
-        op.output("recalls", op.key_rm("triggers_out", intents), sinks.recalls)
+        recalls = op.key_rm("triggers_out", intents)
+        op.output("recalls", recalls, sinks.recalls)
+    if sinks.effects is not None:  # orders, messages, erasures and holdout intents
+        effects_in = op.filter("effect_inputs", branches.trues, is_effect_input)
+        if recalls is not None:
+            holdouts = op.filter("holdout_intents", recalls, is_effect_input)
+            effects_in = op.merge("to_effects", effects_in, holdouts)
+        effects_keyed = op.key_on("effects_key", effects_in, lambda x: effects_key(x, groups))
+        effects = op.stateful("effects", effects_keyed, build_effects_logic(settings))
+        op.output("effects_out", op.key_rm("effects_rm", effects), sinks.effects)
 
     others = op.filter(
         "stage_events", stage_out, lambda x: not isinstance(x, (ScoreRequest, Example))
