@@ -11,7 +11,22 @@ from confluent_kafka import KafkaException
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import batch, cohorts, customers, dashboard, health, model, segments, webhooks
+from api.logging import RequestLogMiddleware, configure_json_logging
+from api.metrics import Metrics, MetricsMiddleware
+from api.metrics import router as metrics_router
+from api.ratelimit import BodyLimitMiddleware
+from api.routes import (
+    batch,
+    campaigns,
+    cohorts,
+    customers,
+    dashboard,
+    health,
+    model,
+    privacy,
+    segments,
+    webhooks,
+)
 from engine.connectors.kafka import ensure_topics
 from engine.errors import ServiceError
 from engine.settings import Settings
@@ -48,11 +63,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="churnflow", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    # outermost last: request id + access log, then timing, then the body cap
+    app.state.metrics = Metrics()
+    app.add_middleware(BodyLimitMiddleware, max_bytes=webhooks.MAX_BODY_BYTES)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestLogMiddleware)
     app.include_router(health.router)
+    app.include_router(metrics_router)
+    app.include_router(privacy.router)
     app.include_router(customers.router)
     app.include_router(model.router)
     app.include_router(batch.router)
     app.include_router(segments.router)
+    app.include_router(campaigns.router)
     app.include_router(cohorts.router)
     app.include_router(webhooks.router)
     app.include_router(dashboard.router)
@@ -60,5 +83,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def app() -> FastAPI:
-    """Factory for ``uvicorn --factory api.main:app``."""
+    """Factory for ``uvicorn --factory api.main:app`` (logs JSON lines to stderr)."""
+    configure_json_logging()
     return create_app()
