@@ -1,4 +1,5 @@
-"""Rate limits: a token bucket per API key and per store's webhooks, in Redis.
+"""Request limits: a token bucket per API key and per store's webhooks, in Redis;
+and a cap on request body size (``BodyLimitMiddleware``).
 
 One Lua script reads the bucket, refills it for the time passed (Redis ``TIME``,
 so every API process shares one clock), takes a token or says how long until
@@ -24,12 +25,16 @@ import math
 import weakref
 from typing import NamedTuple
 
+import orjson
 import redis
+from fastapi import HTTPException
 from redis.commands.core import Script
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError
 
 __all__ = [
+    "BodyLimitMiddleware",
     "Verdict",
     "apikey_bucket",
     "enforce",
@@ -120,3 +125,55 @@ def enforce(client: redis.Redis, bucket: str, rate: float, burst: int, what: str
         f"rate limit of {what} exceeded ({rate:g}/s, burst {burst}); retry in {seconds}s",
         headers={"Retry-After": str(seconds)},
     )
+
+
+class BodyLimitMiddleware:
+    """413 ``payload_too_large`` for a body over ``max_bytes``.
+
+    A declared ``Content-Length`` over the limit is answered at once, before the
+    app runs; a body streamed without one is counted as it is read and the read
+    that crosses the limit raises 413 inside the app (routes never see more).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"body over {self.max_bytes} bytes"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.strip().isdigit():
+                if int(value) > self.max_bytes:
+                    await _answer_413(send, message)
+                    return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            got = await receive()
+            if got["type"] == "http.request":
+                seen += len(got.get("body", b""))
+                if seen > self.max_bytes:
+                    raise HTTPException(413, message)
+            return got
+
+        await self.app(scope, counted, send)
+
+
+async def _answer_413(send: Send, message: str) -> None:
+    body = orjson.dumps({"error": {"code": "payload_too_large", "message": message}})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
