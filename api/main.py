@@ -17,6 +17,7 @@ from api.metrics import router as metrics_router
 from api.ratelimit import BodyLimitMiddleware
 from api.routes import (
     batch,
+    campaigns,
     cohorts,
     customers,
     dashboard,
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(model.router)
     app.include_router(batch.router)
     app.include_router(segments.router)
+    app.include_router(campaigns.router)
     app.include_router(cohorts.router)
     app.include_router(webhooks.router)
     app.include_router(dashboard.router)
