@@ -7,6 +7,7 @@ churnflow keys create --store S     an API key for one store (printed once)
 churnflow produce FILE              send JSONL events to the broker
 churnflow demo                      all of the above on the real CDNOW log
 churnflow replay ...                backtest the same dataflow on history
+churnflow simulate ...              a synthetic event stream with its ground truth
 """
 
 from __future__ import annotations
@@ -300,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_replay_parser(sub)
+    try:
+        from replay.simulate_cli import add_simulate_parser
+    except ImportError:  # simulator not installed in this build
+        pass
+    else:
+        add_simulate_parser(sub)
     try:
         from engine.delivery.cli import add_deliver_parser
     except ImportError:  # delivery workers not installed in this build
