@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bytewax.dataflow import Dataflow
 
-from engine.connectors.effects_sink import EffectsSink
+from engine.connectors.effects_sink import effects_sink
 from engine.connectors.kafka import DeadLetterSink, events_source
 from engine.connectors.recall_sink import RecallSink
 from engine.connectors.redis_sink import RedisSink
@@ -23,7 +23,7 @@ def get_flow() -> Dataflow:
         redis=RedisSink(settings.redis_url, settings.key_prefix),
         dead_letter=DeadLetterSink(settings.brokers, settings.dead_letter_topic),
         recalls=RecallSink(settings.redis_url, settings.key_prefix),
-        effects=EffectsSink(settings.redis_url, settings.key_prefix),
+        effects=effects_sink(settings.redis_url, settings.key_prefix),
     )
     RulesBook(settings.rules_dir).preload()
     source = events_source(settings.brokers, settings.events_topic)

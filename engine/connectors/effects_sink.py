@@ -15,19 +15,16 @@ groups (:func:`read_effects`).
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any
 
 import orjson
 import redis
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from engine.connectors.redis_sink import RedisSink
 from engine.effects import COUNT_FIELDS, EffectsSnapshot, RowKey
 
-__all__ = ["EffectsSink", "effects_redis_key", "read_effects", "write_snapshots"]
+__all__ = ["effects_sink", "effects_redis_key", "read_effects", "write_snapshots"]
 
-log = logging.getLogger(__name__)
 
 META_FIELD = b"meta"
 
@@ -93,37 +90,6 @@ def read_effects(
     return rows, meta
 
 
-class _EffectsPartition(StatelessSinkPartition[Any]):
-    def __init__(self, url: str, prefix: str, max_retry_s: float) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=10)
-        self.prefix = prefix
-        self.max_retry_s = max_retry_s
-
-    def write_batch(self, items: list[Any]) -> None:
-        delay = 0.1
-        deadline = time.monotonic() + self.max_retry_s
-        while True:
-            try:
-                write_snapshots(self.client, self.prefix, items)
-                return
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("effects write failed, retrying in %.1fs: %s", delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class EffectsSink(DynamicSink[Any]):
+def effects_sink(url: str, prefix: str, max_retry_s: float = 300.0) -> RedisSink:
     """Overwrites each (store, key group) hash with its newest :class:`EffectsSnapshot`."""
-
-    def __init__(self, url: str, prefix: str, max_retry_s: float = 300.0) -> None:
-        self.url = url
-        self.prefix = prefix
-        self.max_retry_s = max_retry_s
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _EffectsPartition:
-        return _EffectsPartition(self.url, self.prefix, self.max_retry_s)
+    return RedisSink(url, prefix, max_retry_s, write=write_snapshots)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -149,18 +150,23 @@ def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
     pipe.execute()
 
 
+BatchWriter = Callable[[redis.Redis, str, list[Any]], object]
+"""Writes one batch of items to Redis under a key prefix (one pipeline or transaction)."""
+
+
 class _RedisPartition(StatelessSinkPartition[Any]):
-    def __init__(self, url: str, prefix: str, max_retry_s: float) -> None:
+    def __init__(self, url: str, prefix: str, max_retry_s: float, write: BatchWriter) -> None:
         self.client = redis.Redis.from_url(url, socket_timeout=10)
         self.prefix = prefix
         self.max_retry_s = max_retry_s
+        self.write = write
 
     def write_batch(self, items: list[Any]) -> None:
         delay = 0.1
         deadline = time.monotonic() + self.max_retry_s
         while True:
             try:
-                write_batch(self.client, self.prefix, items)
+                self.write(self.client, self.prefix, items)
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() > deadline:
@@ -174,12 +180,16 @@ class _RedisPartition(StatelessSinkPartition[Any]):
 
 
 class RedisSink(DynamicSink[Any]):
-    """Writes profiles, segments, model status and counters to Redis, in batches."""
+    """Writes batches to Redis with ``write`` (profiles, segments, model status and
+    counters by default), retrying with backoff while Redis is unreachable."""
 
-    def __init__(self, url: str, prefix: str, max_retry_s: float = 300.0) -> None:
+    def __init__(
+        self, url: str, prefix: str, max_retry_s: float = 300.0, write: BatchWriter = write_batch
+    ) -> None:
         self.url = url
         self.prefix = prefix
         self.max_retry_s = max_retry_s
+        self.write = write
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
-        return _RedisPartition(self.url, self.prefix, self.max_retry_s)
+        return _RedisPartition(self.url, self.prefix, self.max_retry_s, self.write)
