@@ -24,7 +24,9 @@ from fastapi.testclient import TestClient
 
 from api.keys import create_key
 from api.main import create_app
+from engine.connectors.effects_sink import write_snapshots
 from engine.connectors.redis_sink import aggregates_key, customer_key, model_key, segment_key
+from engine.effects import COUNT_FIELDS, MONEY_UNITS, EffectsSnapshot, RowKey
 from engine.services import free_port
 from engine.settings import Settings
 
@@ -90,6 +92,75 @@ def week(day: str, new: int, churned: int) -> dict[str, Any]:
         "counts": {"new": new, "active": 4, "silent": 2, "churned": churned, "returned": 1},
         "tiers": {"low": 5, "mid": 3, "high": 2},
     }
+
+
+FUNNEL = ("sent", "delivered", "opened", "clicked", "converted")
+WINBACK_A = RowKey("winback", 0, "A", "email")
+WINBACK_B = RowKey("winback", 1, "B", "sms")
+
+
+def counts(**given: float) -> dict[str, int]:
+    """A row's counters; money given in currency, stored in units like the effects stage."""
+    money = {"revenue", "offer_cost", "holdout_revenue"}
+    return {
+        name: round(given.get(name, 0) * (MONEY_UNITS if name in money else 1))
+        for name in COUNT_FIELDS
+    }
+
+
+# the effects stage's absolute counters of two key groups; winback/0/A is in both
+EFFECTS = {
+    0: {
+        WINBACK_A: counts(
+            sent=60,
+            delivered=58,
+            opened=30,
+            clicked=12,
+            converted=9,
+            revenue=900,
+            holdout_intents=20,
+            holdout_converted=1,
+            holdout_revenue=50,
+        ),
+    },
+    2: {
+        WINBACK_A: counts(
+            sent=40,
+            delivered=40,
+            opened=20,
+            clicked=8,
+            converted=5,
+            revenue=500,
+            holdout_intents=10,
+            holdout_converted=1,
+            holdout_revenue=60,
+        ),
+        WINBACK_B: counts(
+            sent=20, delivered=19, clicked=3, converted=2, revenue=150, offer_cost=15
+        ),
+    },
+}
+
+
+def effects_total(
+    groups: dict[int, dict[RowKey, dict[str, int]]], row: RowKey | None = None
+) -> dict[str, int]:
+    """Counters summed over key groups (one row, or every row)."""
+    total = dict.fromkeys(COUNT_FIELDS, 0)
+    for rows in groups.values():
+        for key, values in rows.items():
+            if row is None or key == row:
+                for name in COUNT_FIELDS:
+                    total[name] += values[name]
+    return total
+
+
+def seed_effects(client: redis.Redis, prefix: str, groups: dict[int, Any]) -> None:
+    write_snapshots(
+        client,
+        prefix,
+        [EffectsSnapshot(group, STORE, rows, {}) for group, rows in groups.items()],
+    )
 
 
 def seed(client: redis.Redis, prefix: str) -> None:
@@ -249,6 +320,30 @@ def test_dashboard_draws_the_fixture_and_follows_new_data(
     )
     page.locator('#atrisk tr[data-customer="c-new"]').wait_for(timeout=20000)
     assert page.locator('.kpi[data-segment="silent"]').get_attribute("data-count") == "3"
+
+    # recall results arrive: the funnel and the per-row table show the summed counters
+    seed_effects(redis_client, settings.key_prefix, EFFECTS)
+    page.locator('#campaigns .funnel .stage[data-stage="sent"]').wait_for(timeout=20000)
+    total = effects_total(EFFECTS)
+    drawn = {
+        stage: page.locator(f'#campaigns .funnel .stage[data-stage="{stage}"]').get_attribute(
+            "data-value"
+        )
+        for stage in FUNNEL
+    }
+    assert drawn == {stage: str(total[stage]) for stage in FUNNEL}
+    row_a = effects_total(EFFECTS, WINBACK_A)
+    tr = page.locator('#campaigns tr[data-row="winback/0/A/email"]')
+    assert tr.locator('[data-field="sent"]').inner_text() == str(row_a["sent"])
+    assert tr.locator('[data-field="converted"]').inner_text() == str(row_a["converted"])
+    uplift = row_a["converted"] / row_a["sent"] - (
+        row_a["holdout_converted"] / row_a["holdout_intents"]
+    )
+    assert tr.locator('[data-field="uplift"] .mono').inner_text() == f"+{uplift * 100:.1f} pts"
+    assert page.locator("#campaigns tr[data-row]").count() == 2
+    assert "no interval yet" in page.locator(
+        '#campaigns tr[data-row="winback/1/B/sms"] [data-field="uplift"]'
+    ).get_attribute("data-tip")
     assert errors == []
 
 
