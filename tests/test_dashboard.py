@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,16 @@ import pytest
 import redis
 import uvicorn
 from fastapi.testclient import TestClient
+from procs import kill9, start_dataflow
 
 from api.keys import create_key
 from api.main import create_app
+from engine.cli import produce_lines
 from engine.connectors.effects_sink import write_snapshots
+from engine.connectors.kafka import ensure_topics
 from engine.connectors.redis_sink import aggregates_key, customer_key, model_key, segment_key
 from engine.effects import COUNT_FIELDS, MONEY_UNITS, EffectsSnapshot, RowKey
+from engine.events import OrderEvent, encode_event
 from engine.services import free_port
 from engine.settings import Settings
 
@@ -367,3 +372,51 @@ def test_another_stores_key_sees_nothing(
     page.locator('.kpi[data-segment="silent"]').wait_for()
     assert page.locator('.kpi[data-segment="silent"]').get_attribute("data-count") == "0"
     assert "c-hi" not in page.locator("body").inner_text()
+
+
+def orders(customers: range, day: int) -> list[bytes]:
+    """One first order per customer on 1997-01-<day>, in the store the page shows."""
+    return [
+        encode_event(
+            OrderEvent(
+                type="order_created",
+                event_id=f"o-{c}",
+                store_id=STORE,
+                customer_id=f"c{c}",
+                occurred_at=datetime(1997, 1, day, 12, tzinfo=UTC),
+                order_id=f"order-{c}",
+                amount="25.00",
+                currency="USD",
+            )
+        )
+        for c in customers
+    ]
+
+
+@needs_chromium
+def test_dashboard_follows_events_through_the_dataflow(
+    server: str, settings: Settings, redis_client: redis.Redis, browser: Any
+) -> None:
+    """Events produced to the broker reach the open page: broker → dataflow → Redis → page."""
+    ensure_topics(settings.brokers, [settings.events_topic, settings.dead_letter_topic])
+    key = create_key(redis_client, settings.key_prefix, STORE, ("read",))
+    produce_lines(settings, iter(orders(range(4), day=2)))
+    flow = start_dataflow(settings)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{server}/dashboard/{STORE}?poll=700#key={key}")
+        cohort = '.cell[data-cohort="1997-01"][data-k="0"]'
+        wait_for = """([selector, size]) =>
+            document.querySelector(selector)?.getAttribute('data-size') === size"""
+        page.wait_for_function(wait_for, arg=[cohort, "4"], timeout=90_000)
+        assert page.locator('.kpi[data-segment="new"]').get_attribute("data-count") == "4"
+
+        produce_lines(settings, iter(orders(range(4, 7), day=9)))
+        page.wait_for_function(wait_for, arg=[cohort, "7"], timeout=90_000)
+        page.wait_for_function(
+            """() => document.querySelector('.kpi[data-segment="new"]')
+                      ?.getAttribute('data-count') === '7'""",
+            timeout=30_000,
+        )
+    finally:
+        kill9(flow)
