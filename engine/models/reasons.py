@@ -13,21 +13,85 @@ from __future__ import annotations
 from typing import Any
 
 
+def _plural(count: float, noun: str) -> str:
+    """``count`` and ``noun``, plural unless exactly one.
+
+    >>> _plural(1, "order"), _plural(2.0, "day"), _plural(0.4, "order")
+    ('1 order', '2 days', '0.4 orders')
+    """
+    return f"{count:g} {noun}{'' if count == 1 else 's'}"
+
+
+def _recency(x: dict[str, float]) -> str:
+    days = x.get("days_since_last_order", 0.0)
+    gap = x.get("gap_mean_days", 0.0)
+    if x.get("order_count", 0.0) >= 2 and gap > 0:
+        return f"{days:.0f} days since last order, usually orders every {gap:.0f}"
+    return f"{days:.0f} days since last order"
+
+
+_WINDOWS = {"7d": "7 days", "30d": "30 days", "90d": "90 days", "365d": "year"}
+_WORDS: dict[str, Any] = {
+    "days_since_last_order": _recency,
+    "overdue_ratio": _recency,
+    "tenure_days": lambda v: f"customer for {v:.0f} days",
+    "days_since_last_visit": lambda v: f"{v:.0f} days since last visit",
+    "order_count": lambda v: f"{_plural(round(v), 'order')} so far",
+    "spend_total_base": lambda v: f"spent {v:,.2f} in all",
+    "avg_order_value": lambda v: f"average order {v:,.2f}",
+    "gap_mean_days": lambda v: f"orders every {v:.0f} days on average",
+    "gap_std_days": lambda v: f"order gaps vary by about {v:.0f} days",
+    "refund_count": lambda v: f"{_plural(round(v), 'refund')}",
+    "refund_amount_base": lambda v: f"refunded {v:,.2f}",
+    "cancel_count": lambda v: f"{_plural(round(v), 'cancelled order')}",
+    "discount_order_share": lambda v: f"{v:.0%} of orders used a discount",
+    "category_count": lambda v: f"bought from {v:.0f} categor{'y' if round(v) == 1 else 'ies'}",
+    "open_cart": lambda v: "has an open cart" if v else "no open cart",
+}
+
+
+def _windowed(name: str, value: float) -> str | None:
+    """Phrases of the windowed counts, e.g. ``orders_90d`` or ``cart_adds_7d``.
+
+    >>> _windowed("orders_90d", 2.0), _windowed("product_views_7d", 0.0)
+    ('2 orders in the last 90 days', '0 product views in the last 7 days')
+    >>> _windowed("spend_decayed_30d_halflife", 12.5)
+    'recent spend 12.50 (30-day half-life)'
+    """
+    if "_decayed_" in name:
+        what, rest = name.split("_decayed_")
+        days = rest.removesuffix("_halflife").removesuffix("d")
+        amount = f"{value:,.2f}" if what == "spend" else f"{value:.1f}"
+        return f"recent {'spend' if what == 'spend' else 'orders'} {amount} ({days}-day half-life)"
+    stem, _, window = name.rpartition("_")
+    if window not in _WINDOWS or not stem:
+        return None
+    noun = {"orders": "order", "product_views": "product view", "cart_adds": "cart add"}.get(
+        stem, stem.replace("_", " ").removesuffix("s")
+    )
+    return f"{_plural(round(value), noun)} in the last {_WINDOWS[window]}"
+
+
 def _phrase(name: str, x: dict[str, float]) -> str:
+    """A feature's value in plain words.
+
+    >>> _phrase("gap_std_days", {"gap_std_days": 24.6351})
+    'order gaps vary by about 25 days'
+    >>> _phrase("messages_opened_30d", {"messages_opened_30d": 1.0})
+    '1 message opened in the last 30 days'
+    """
     value = x.get(name, 0.0)
-    if name in ("days_since_last_order", "overdue_ratio"):
-        days = x.get("days_since_last_order", 0.0)
-        gap = x.get("gap_mean_days", 0.0)
-        if x.get("order_count", 0.0) >= 2 and gap > 0:
-            return f"{days:.0f} days since last order, usually orders every {gap:.0f}"
-        return f"{days:.0f} days since last order"
-    if name == "order_count":
-        return f"{value:.0f} order{'s' if value != 1 else ''} so far"
-    if name == "tenure_days":
-        return f"customer for {value:.0f} days"
-    if name.startswith("spend") or name == "avg_order_value":
-        return f"{name.replace('_', ' ')}: {value:,.2f}"
-    return f"{name.replace('_', ' ')}: {value:g}"
+    words = _WORDS.get(name)
+    if words is _recency:
+        return _recency(x)
+    if words is not None:
+        return str(words(value))
+    if name.startswith("messages_") or name == "unsubscribed_30d":
+        verb = name.removeprefix("messages_").removesuffix("_30d")
+        noun = "unsubscribe" if verb == "unsubscribed" else "message"
+        phrase = _plural(round(value), noun)
+        return phrase + ("" if noun == "unsubscribe" else f" {verb}") + " in the last 30 days"
+    return _windowed(name, value) or f"{name.replace('_', ' ')}: {value:g}"
 
 
 def describe_reasons(
