@@ -52,7 +52,7 @@ import redis
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from api.deps import ApiKeyDep, require_store
 from api.errors import ApiError, ErrorBody
@@ -357,7 +357,11 @@ def erase_request_event(
 def _erase(request: Request, store_id: str, customer_id: str) -> JSONResponse:
     settings: Settings = request.app.state.settings
     client: redis.Redis = request.app.state.redis
-    event = erase_request_event(client, settings, store_id, customer_id, "api")
+    try:
+        event = erase_request_event(client, settings, store_id, customer_id, "api")
+    except ValidationError as exc:  # e.g. an id that is only whitespace: no event can carry it
+        message = "; ".join(str(e["msg"]) for e in exc.errors())
+        raise ApiError(422, "invalid_request", f"customer id {customer_id!r}: {message}") from None
     removed = erase_customer_data(client, settings.key_prefix, store_id, customer_id)
     log.info(
         "erase store=%s customer=%s removed=%s event=%s",
@@ -380,7 +384,11 @@ def _erase(request: Request, store_id: str, customer_id: str) -> JSONResponse:
     "/customers/{customer_id}",
     status_code=202,
     response_model=EraseAccepted,
-    responses={**ERRORS, 503: {"model": ErrorBody, "description": "broker did not acknowledge"}},
+    responses={
+        **ERRORS,
+        422: {"model": ErrorBody, "description": "not a customer id an event can carry"},
+        503: {"model": ErrorBody, "description": "broker did not acknowledge"},
+    },
 )
 async def erase_customer(
     request: Request, store_id: StorePath, customer_id: CustomerPath, key: ApiKeyDep
