@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from starlette.routing import BaseRoute
 
-__all__ = ["ServedRoute", "app_routes"]
+__all__ = ["REQUIRED_SCOPE", "ServedRoute", "app_routes"]
 
 REQUIRED_SCOPE = "x-required-scope"
 """OpenAPI extension naming the key scope a non-GET route needs (``read``, ``ingest``,

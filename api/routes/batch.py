@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import ApiKeyDep, RedisDep, SettingsDep, require_store
 from api.errors import ErrorBody
+from api.routes import REQUIRED_SCOPE
 from engine.connectors.redis_sink import customer_key
 
 router = APIRouter(prefix="/v1/stores/{store_id}", tags=["customers"])
@@ -37,7 +38,12 @@ class BatchGetResponse(BaseModel):
     """Requested ids with no profile, in request order."""
 
 
-@router.post("/customers:batchGet", response_model=BatchGetResponse, responses=ERRORS)
+@router.post(
+    "/customers:batchGet",
+    response_model=BatchGetResponse,
+    responses=ERRORS,
+    openapi_extra={REQUIRED_SCOPE: "read"},  # a lookup, though a POST
+)
 def batch_get(
     store_id: str,
     body: BatchGetRequest,

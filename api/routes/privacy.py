@@ -56,6 +56,7 @@ from pydantic import BaseModel, ValidationError
 
 from api.deps import ApiKeyDep, require_store
 from api.errors import ApiError, ErrorBody
+from api.routes import REQUIRED_SCOPE
 from api.routes.webhooks import produce_events
 from engine.clock import wall_now_dt
 from engine.connectors.recall_sink import log_key, queue_key, suppressed_key
@@ -384,6 +385,7 @@ def _erase(request: Request, store_id: str, customer_id: str) -> JSONResponse:
     "/customers/{customer_id}",
     status_code=202,
     response_model=EraseAccepted,
+    openapi_extra={REQUIRED_SCOPE: "admin"},
     responses={
         **ERRORS,
         422: {"model": ErrorBody, "description": "not a customer id an event can carry"},
@@ -398,7 +400,9 @@ async def erase_customer(
     return await run_in_threadpool(_erase, request, store_id, customer_id)
 
 
-@router.get("/customers/{customer_id}/export", responses=ERRORS)
+@router.get(
+    "/customers/{customer_id}/export", responses=ERRORS, openapi_extra={REQUIRED_SCOPE: "admin"}
+)
 def export_customer(
     request: Request, store_id: StorePath, customer_id: CustomerPath, key: ApiKeyDep
 ) -> dict[str, Any]:
