@@ -17,14 +17,19 @@ import redis
 from fastapi.testclient import TestClient
 from test_api_routes import (  # the routes suite's helpers: same secrets, same topic reader
     OTHER,
+    SHARED,
     STORE,
     api,
+    needs_shared,
     profile,
     read_topic,
+    shopify_headers,
 )
 
 from api.keys import create_key
 from api.routes.privacy import customer_streams
+from api.webhook_secrets import secret_key
+from api.webhooks import guest_customer_id
 from engine.connectors.recall_sink import enqueue_intents, marker_key
 from engine.connectors.redis_sink import customer_key, segment_key
 from engine.delivery.providers import contact_key
@@ -226,3 +231,64 @@ def test_export_holds_everything_of_the_customer_and_nothing_else(
         "contacts": {},
         "recall": {},
     }
+
+
+# ------------------------------------------------------------------ Shopify's GDPR webhooks
+
+REDACT = SHARED / "shopify" / "docs_sample_2026-04"
+
+
+@needs_shared
+def test_shopify_customers_redact_erases_the_customer_and_the_guest_key(
+    api: TestClient, settings: Settings, redis_client: redis.Redis, seeded: dict
+) -> None:
+    prefix = settings.key_prefix
+    guest = guest_customer_id(STORE, "john@example.com")
+    assert guest is not None
+    for customer in ("191167", guest):
+        give_everything(redis_client, prefix, STORE, customer)
+    kept = customer_data(redis_client, prefix, STORE, "c1")
+
+    body = (REDACT / "customers_redact.json").read_bytes()
+    url = f"/v1/stores/{STORE}/webhooks/shopify"
+    answer = api.post(url, content=body, headers=shopify_headers(body, "customers/redact", "r-1"))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["accepted"] == 2
+
+    erased = [decode_event(m.value()) for m in read_topic(settings, settings.events_topic, 2)]
+    assert all(isinstance(e, EraseRequest) and e.store_id == STORE for e in erased)
+    assert sorted(e.customer_id for e in erased) == sorted(["191167", guest])
+    for customer in ("191167", guest):
+        assert customer_data(redis_client, prefix, STORE, customer)["profile"] is None
+        assert customer_data(redis_client, prefix, STORE, customer)["entries"] == {}
+    assert customer_data(redis_client, prefix, STORE, "c1") == kept
+
+
+@needs_shared
+def test_shopify_shop_redact_erases_every_customer_of_the_store(
+    api: TestClient, settings: Settings, redis_client: redis.Redis, seeded: dict
+) -> None:
+    prefix = settings.key_prefix
+    redis_client.hset(contact_key(prefix, STORE, "sms"), "c3", "+15550100")  # a contact only
+    redis_client.set(f"{prefix}:{{{STORE}}}:cohorts:0", b"{}")
+    other_keys = sorted(redis_client.scan_iter(f"{prefix}:{{{OTHER}}}:*"))
+    other_data = customer_data(redis_client, prefix, OTHER, "c1")
+
+    body = (REDACT / "shop_redact.json").read_bytes()
+    url = f"/v1/stores/{STORE}/webhooks/shopify"
+    answer = api.post(url, content=body, headers=shopify_headers(body, "shop/redact", "s-1"))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["accepted"] == 3
+    assert "3 customers erased" in answer.json()["reason"]
+
+    erased = [decode_event(m.value()) for m in read_topic(settings, settings.events_topic, 3)]
+    assert all(isinstance(e, EraseRequest) and e.store_id == STORE for e in erased)
+    assert sorted(e.customer_id for e in erased) == ["c1", "c2", "c3"]
+    # only the webhook secrets stay (the platform's retry must still verify)
+    left = {k.decode() for k in redis_client.scan_iter(f"{prefix}:{{{STORE}}}:*")}
+    assert left == {secret_key(prefix, STORE, p) for p in ("shopify", "woocommerce", "events")}
+    assert sorted(redis_client.scan_iter(f"{prefix}:{{{OTHER}}}:*")) == other_keys
+    assert customer_data(redis_client, prefix, OTHER, "c1") == other_data
+    # the store's keys still work for the operator; the export is empty now
+    gone = api.get(f"/v1/stores/{STORE}/customers/c1/export", headers=seeded["admin"])
+    assert gone.json()["holds_data"] is False

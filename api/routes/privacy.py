@@ -58,12 +58,13 @@ from api.deps import ApiKeyDep, require_store
 from api.errors import ApiError, ErrorBody
 from api.routes import REQUIRED_SCOPE
 from api.routes.webhooks import produce_events
+from api.webhook_secrets import PLATFORMS, secret_key
 from engine.clock import wall_now_dt
 from engine.connectors.recall_sink import log_key, queue_key, suppressed_key
 from engine.connectors.redis_sink import customer_key, segment_key
 from engine.delivery.providers import contact_key
 from engine.delivery.worker import dead_key, state_key
-from engine.events import CHANNELS, EraseRequest
+from engine.events import CHANNELS, EraseRequest, Event
 from engine.keygroups import key_group
 from engine.segments import SEGMENTS
 from engine.settings import Settings
@@ -82,6 +83,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 SCAN_CHUNK = 1000
+PRODUCE_CHUNK = 10_000
 XDEL_CHUNK = 1000
 MAX_ERASE_ATTEMPTS = 5
 
@@ -266,6 +268,94 @@ def erase_time(
     if best == float("-inf"):
         return wall_now_dt()
     return datetime.fromtimestamp(best, UTC)
+
+
+def newest_watermark(client: redis.Redis, settings: Settings) -> datetime:
+    """The newest watermark of any key group, else the wall clock."""
+    prefix = settings.key_prefix
+    raws = client.mget([f"{prefix}:stage:{g}" for g in range(settings.key_groups)])
+    marks = [orjson.loads(raw).get("watermark") if raw else None for raw in raws]
+    best = max((m for m in marks if isinstance(m, int | float) and m > 0), default=None)
+    return wall_now_dt() if best is None else datetime.fromtimestamp(best, UTC)
+
+
+def _glob(text: str) -> str:
+    """``text`` with Redis glob characters escaped.
+
+    >>> _glob("cf:{s}:customer:a*b")
+    'cf:{s}:customer:a\\\\*b'
+    """
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def store_customer_ids(client: redis.Redis, prefix: str, store_id: str) -> list[str]:
+    """Every customer of a store Redis knows: profiles, segment members, contacts, recall."""
+    head = customer_key(prefix, store_id, "")
+    ids = {_text(k)[len(head) :] for k in client.scan_iter(f"{_glob(head)}*", count=1000)}
+    for segment in SEGMENTS:
+        ids.update(_text(m) for m, _ in client.zscan_iter(segment_key(prefix, store_id, segment)))
+    for channel in CHANNELS:
+        ids.update(_text(f) for f, _ in client.hscan_iter(contact_key(prefix, store_id, channel)))
+    for stream in customer_streams(prefix, store_id).values():
+        ids.update(
+            f["customer_id"] for _, f in _stream_entries(client, stream) if "customer_id" in f
+        )
+    return sorted(i for i in ids if i)
+
+
+def erase_store_data(client: redis.Redis, prefix: str, store_id: str) -> int:
+    """UNLINK every key of the store (its hash tag) but its webhook secrets; how many went.
+
+    The secrets stay so the platform's retry of the redact webhook still
+    verifies; API keys (``{prefix}:apikey:*``) are the operator's to revoke.
+    """
+    keep = {secret_key(prefix, store_id, p) for p in PLATFORMS}
+    removed = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(f"{_glob(f'{prefix}:{{{store_id}}}:')}*", count=1000):
+        if _text(key) not in keep:
+            batch.append(key)
+        if len(batch) >= SCAN_CHUNK:
+            removed += int(client.unlink(*batch))
+            batch = []
+    if batch:
+        removed += int(client.unlink(*batch))
+    return removed
+
+
+def redact_store(request: Request, store_id: str, source: str) -> tuple[list[str], int]:
+    """Store-level erasure (Shopify ``shop/redact``): an ``erase_request`` per customer
+    (produced and acknowledged first, in chunks), then the store's Redis keys.
+
+    Returns the event ids and the number of Redis keys removed. With
+    ``clock=event`` every event is dated at the newest watermark of any key
+    group (a store being deleted need not wait for its own groups' timers).
+    Event ids are deterministic, so a retried webhook is deduplicated by the
+    dataflow. A broker failure answers 503 before anything is deleted.
+    """
+    settings: Settings = request.app.state.settings
+    client: redis.Redis = request.app.state.redis
+    prefix = settings.key_prefix
+    when = wall_now_dt() if settings.clock == "wall" else newest_watermark(client, settings)
+    event_ids: list[str] = []
+    customers = store_customer_ids(client, prefix, store_id)
+    for start in range(0, len(customers), PRODUCE_CHUNK):
+        events: list[Event] = [
+            EraseRequest(
+                type="erase_request",
+                event_id=f"{source}:shop-redact:{customer}:erase_request",
+                store_id=store_id,
+                customer_id=customer,
+                occurred_at=when,
+                source=source,
+            )
+            for customer in customers[start : start + PRODUCE_CHUNK]
+        ]
+        produce_events(request, events)
+        event_ids += [e.event_id for e in events]
+    removed = erase_store_data(client, prefix, store_id)
+    log.info("store redact store=%s customers=%d keys=%d", store_id, len(customers), removed)
+    return event_ids, removed
 
 
 def _entry_document(

@@ -13,6 +13,8 @@ do not handle (``UnsupportedTopic``)        "reason": ...}`` — 2xx so that the
                                             does not retry it or disable the webhook
 Shopify ``X-Shopify-Webhook-Id`` seen in    200 ``{"duplicate": true}``, nothing produced
 the last 7 days
+Shopify ``shop/redact``                      202; an ``erase_request`` per customer of the
+                                            store, then the store's Redis keys removed
 WooCommerce set-up ping (unsigned)          200 ``{"ping": true}``
 no secret configured for the store          401 ``unauthenticated``
 missing or wrong signature                  401 ``bad_signature`` (and a warning log line)
@@ -68,6 +70,7 @@ from api.webhooks import (
     verify_shopify,
     verify_woocommerce,
 )
+from api.webhooks.shopify import canonical_topic
 from engine.connectors.kafka import idempotent_producer
 from engine.errors import ChurnflowError
 from engine.events import EraseRequest, Event, encode_event, parse_event
@@ -82,6 +85,7 @@ MAX_BATCH_EVENTS = 1000
 DEDUP_TTL_S = 7 * 86400
 PRODUCE_TIMEOUT_S = 10.0
 MAX_WEBHOOK_ID_CHARS = 200
+MAX_LISTED_EVENT_IDS = 1000
 
 StorePath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
@@ -320,6 +324,25 @@ def _apply_erasures(
     return dataclasses.replace(result, events=events)
 
 
+def _deliver(
+    request: Request, store_id: str, topic: str | None, result: NormalizeResult | UnsupportedTopic
+) -> JSONResponse:
+    """Produce a Shopify delivery's events; ``shop/redact`` erases the whole store."""
+    if isinstance(result, UnsupportedTopic) or canonical_topic(topic or "") != "shop/redact":
+        return _accept(request, _apply_erasures(request, result))
+    from api.routes.privacy import redact_store  # privacy imports us
+
+    event_ids, removed = redact_store(request, store_id, "shopify")
+    body = WebhookAccepted(
+        accepted=len(event_ids),
+        event_ids=event_ids[:MAX_LISTED_EVENT_IDS],
+        ignored=not event_ids,
+        reason=f"shop/redact: {len(event_ids)} customers erased, {removed} Redis keys removed",
+        test=result.test,
+    )
+    return JSONResponse(body.model_dump(), status_code=202)
+
+
 def _load_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)  # ints exact to 64 bits; nesting is bounded
@@ -363,14 +386,14 @@ def _shopify(
     if topic and "data_request" in topic.lower():
         log.info("shopify customers/data_request store=%s body=%s", store_id, raw[:2000])
     if webhook_id is None:
-        return _accept(request, _apply_erasures(request, result))
+        return _deliver(request, store_id, topic, result)
     settings: Settings = request.app.state.settings
     client: redis.Redis = request.app.state.redis
     dedup = f"{settings.key_prefix}:{{{store_id}}}:webhook:{webhook_id}"
     if not client.set(dedup, b"1", nx=True, ex=DEDUP_TTL_S):
         return JSONResponse({"duplicate": True}, status_code=200)
     try:
-        return _accept(request, _apply_erasures(request, result))
+        return _deliver(request, store_id, topic, result)
     except Exception:
         client.delete(dedup)  # not delivered: the platform's retry must go through
         raise

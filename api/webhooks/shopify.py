@@ -17,7 +17,8 @@ customers/create|update  ``customer_profile`` (country, locale, first name, cons
 customers/redact         ``erase_request`` for the customer id and for the guest key
                          of the email (guest orders are keyed by email hash)
 customers/data_request   nothing (answered by the app, not by the event stream)
-shop/redact              nothing (store offboarding, not a per-customer event)
+shop/redact              nothing here; the route erases the whole store
+                         (:func:`api.routes.privacy.redact_store`)
 =======================  ==========================================================
 
 Amounts are in the shop currency (``*_set.shop_money``, else the flat fields,
@@ -65,7 +66,7 @@ from engine.events import (
     OrderEvent,
 )
 
-__all__ = ["SHOPIFY_TOPICS", "normalize_shopify"]
+__all__ = ["SHOPIFY_TOPICS", "canonical_topic", "normalize_shopify"]
 
 SOURCE = "shopify"
 
@@ -98,7 +99,7 @@ _CONSENT_STATES = {
 }
 
 
-def _canonical_topic(topic: str) -> str:
+def canonical_topic(topic: str) -> str:
     """``orders/create``; also accepts ``ORDERS_CREATE`` (the GraphQL enum form)."""
     text = (topic or "").strip()
     if "/" not in text and "_" in text:
@@ -125,7 +126,7 @@ def normalize_shopify(
     Raises ``UnsupportedTopic`` for other topics and ``MalformedPayload`` for
     bodies that cannot be used.
     """
-    name = _canonical_topic(topic)
+    name = canonical_topic(topic)
     if name not in SHOPIFY_TOPICS:
         raise UnsupportedTopic(
             f"unsupported Shopify topic {topic!r}; supported: {', '.join(sorted(SHOPIFY_TOPICS))}"
