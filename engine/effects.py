@@ -16,6 +16,17 @@ event with a ``rule_id``, produced by the delivery worker) or a holdout intent
   order gives the same counts, as long as nothing arrives older than the pruning
   horizon ``max event time - window - allowed lateness`` (such records are
   still counted and matched against what is kept, and ``late`` counts them).
+* **Holdout intents come the long way** (customer stage → model → trigger
+  stage), so in processing order they can trail the orders that reach this
+  stage directly by far more than the window (a Kafka batch of 1,000 events
+  can span weeks of event time in a backfill). With ``EffectsConfig.gated``
+  the horizon is held back to the trigger stage's progress instead: the
+  trigger stage of the same key group emits :class:`TriggerProgress` (the
+  newest score time it has evaluated) behind its intents, and
+  ``on_progress`` lets pruning use ``min(max event time, progress)``. A
+  holdout intent emitted after progress ``P`` is due at ``P - lateness`` or
+  later (checkpoints fire when the watermark passes them), so it is inside
+  the horizon and its orders are still kept.
 * **Engagement** (``message_delivered/opened/clicked``) is matched to its send by
   ``message_id``, counted once per send and kind; one that arrives before its
   send waits for it (until the horizon; ``unmatched_engagement`` counts the
@@ -78,7 +89,7 @@ DAY = 86_400.0
 MONEY_UNITS = 10_000
 """Money is counted in integer 1/10,000 of the base currency."""
 SEP = "\x1f"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 COUNT_FIELDS = (
     "sent",
@@ -148,6 +159,8 @@ class EffectsConfig:
     lateness_s: float = 3 * DAY
     dedup_retention_s: float = 30 * DAY
     free_shipping_cost_units: int = 0
+    gated: bool = False
+    """Hold pruning back to the trigger stage's progress (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +224,8 @@ class EffectsGroup:
         self.tombstones: dict[int, float] = {}
         self.max_ts = float("-inf")
         self.pruned_to = float("-inf")
+        self.progress = float("-inf")
+        """Newest score time the trigger stage reported (used when ``config.gated``)."""
 
     # -- counters -------------------------------------------------------------------
 
@@ -229,7 +244,8 @@ class EffectsGroup:
     @property
     def horizon(self) -> float:
         """Records older than this are no longer needed (nor expected)."""
-        return self.max_ts - self.config.window_s - self.config.lateness_s
+        newest = min(self.max_ts, self.progress) if self.config.gated else self.max_ts
+        return newest - self.config.window_s - self.config.lateness_s
 
     def _observe(self, store: str, ts: float) -> None:
         if ts < self.horizon:
@@ -267,6 +283,14 @@ class EffectsGroup:
         if event.message_id is None:
             return self._meta(store, "unmatched_engagement")
         return self.on_engagement(store, customer, event.message_id, kind, ts)
+
+    def on_progress(self, t: float) -> set[str]:
+        """The trigger stage evaluated every score up to ``t`` (changes no counter)."""
+        if t > self.progress:
+            self.progress = t
+            if self.horizon - self.pruned_to >= DAY:
+                self.prune()
+        return set()
 
     def on_holdout(self, intent: RecallIntent) -> set[str]:
         """A holdout intent from the trigger stage (other intents change nothing)."""
@@ -450,15 +474,19 @@ class EffectsGroup:
             self.tombstones,
             self.max_ts,
             self.pruned_to,
+            self.progress,
         )
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def restore(cls, data: bytes) -> EffectsGroup:
-        version, config, group_id, *state = pickle.loads(data)
-        if version != SNAPSHOT_VERSION:
+    def restore(cls, data: bytes, config: EffectsConfig | None = None) -> EffectsGroup:
+        """The group of a snapshot; ``config`` (today's settings) replaces the pickled one."""
+        version, pickled_config, group_id, *state = pickle.loads(data)
+        if version not in (1, SNAPSHOT_VERSION):
             raise ValueError(f"unknown effects snapshot version {version!r}")
-        group = cls(config, group_id)
+        if version == 1:  # before trigger progress was tracked
+            state.append(float("-inf"))
+        group = cls(config or pickled_config, group_id)
         (
             group.customers,
             group.rows,
@@ -467,6 +495,7 @@ class EffectsGroup:
             group.tombstones,
             group.max_ts,
             group.pruned_to,
+            group.progress,
         ) = state
         return group
 

@@ -2,9 +2,10 @@
 
 Keyed by the customer's key group (the same :func:`engine.keygroups.key_group`
 as the customer stage). Input: decoded orders, message events and erasures
-``(event, amount in base currency)``, and holdout :class:`RecallIntent`\\ s from
-the trigger stage. Output: an :class:`EffectsSnapshot` (absolute counters) of
-each store whose counters an item changed, and of every store at EOF.
+``(event, amount in base currency)``, and holdout :class:`RecallIntent`\\ s and
+:class:`TriggerProgress` marks from the trigger stage. Output: an
+:class:`EffectsSnapshot` (absolute counters) of each store whose counters an
+item changed, and of every store at EOF.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from engine.events import EraseRequest, MessageEvent, OrderEvent
 from engine.keygroups import key_group
 from engine.settings import Settings
 from engine.triggers.intent import RecallIntent
+from engine.triggers.stage import TriggerProgress
 
 __all__ = [
     "EffectsLogic",
@@ -29,24 +31,30 @@ __all__ = [
 ]
 
 
-def effects_config(settings: Settings) -> EffectsConfig:
+def effects_config(settings: Settings, gated: bool = False) -> EffectsConfig:
+    """``gated``: holdout intents come from a trigger stage that reports its progress."""
     return EffectsConfig(
         window_s=settings.attribution_window_days * DAY,
         lateness_s=settings.allowed_lateness_s,
         dedup_retention_s=settings.dedup_retention_s,
         free_shipping_cost_units=to_units(settings.free_shipping_cost),
+        gated=gated,
     )
 
 
 def is_effect_input(item: Any) -> bool:
-    """A decoded ``(event, amount)`` the effects stage uses, or a holdout intent."""
+    """A decoded ``(event, amount)`` the effects stage uses, a holdout intent or progress."""
     if isinstance(item, RecallIntent):
         return item.holdout
+    if isinstance(item, TriggerProgress):
+        return True
     return isinstance(item[0], (OrderEvent, MessageEvent, EraseRequest))
 
 
 def effects_key(item: Any, key_groups: int) -> str:
-    """The key group string of a holdout intent or an ``(event, amount)`` pair."""
+    """The key group string of a holdout intent, progress or an ``(event, amount)`` pair."""
+    if isinstance(item, TriggerProgress):
+        return str(item.key_group)
     target = item if isinstance(item, RecallIntent) else item[0]
     return str(key_group(target.store_id, target.customer_id, key_groups))
 
@@ -61,6 +69,8 @@ class EffectsLogic(StatefulLogic[Any, EffectsSnapshot, bytes]):
             self.group.group_id = int(effects_key(value, self.key_groups))
         if isinstance(value, RecallIntent):
             stores = self.group.on_holdout(value)
+        elif isinstance(value, TriggerProgress):
+            stores = self.group.on_progress(value.t)
         else:
             stores = self.group.on_event(*value)
         return (self.group.snapshots(stores) if stores else []), StatefulLogic.RETAIN
@@ -72,11 +82,13 @@ class EffectsLogic(StatefulLogic[Any, EffectsSnapshot, bytes]):
         return self.group.snapshot()
 
 
-def build_effects_logic(settings: Settings) -> Callable[[bytes | None], EffectsLogic]:
-    config, groups = effects_config(settings), settings.key_groups
+def build_effects_logic(
+    settings: Settings, gated: bool = False
+) -> Callable[[bytes | None], EffectsLogic]:
+    config, groups = effects_config(settings, gated), settings.key_groups
 
     def build(resume: bytes | None) -> EffectsLogic:
-        group = EffectsGroup.restore(resume) if resume is not None else EffectsGroup(config)
+        group = EffectsGroup.restore(resume, config) if resume is not None else EffectsGroup(config)
         return EffectsLogic(group, groups)
 
     return build

@@ -37,6 +37,7 @@ from engine.keygroups import key_group
 from engine.messages import DeadLetter, Erased, Example, Learned, ModelStatus, Scored, ScoreRequest
 from engine.models.online import ChurnModel
 from engine.settings import Settings
+from engine.triggers.intent import RecallIntent
 from engine.triggers.stage import build_trigger_logic, trigger_key
 
 log = logging.getLogger(__name__)
@@ -289,16 +290,21 @@ def build_flow(
             op.filter("trigger_erased", stage_out, lambda x: isinstance(x, Erased)),
         )
         trigger_keyed = op.key_on("trigger_key", to_triggers, lambda x: trigger_key(x, groups))
-        intents = op.stateful("triggers", trigger_keyed, build_trigger_logic(settings.rules_dir))
+        # with effect tracking, the trigger stage also reports its progress (TriggerProgress)
+        progress = groups if sinks.effects is not None else None
+        triggers = build_trigger_logic(settings.rules_dir, progress)
+        intents = op.stateful("triggers", trigger_keyed, triggers)
         recalls = op.key_rm("triggers_out", intents)
-        op.output("recalls", recalls, sinks.recalls)
-    if sinks.effects is not None:  # orders, messages, erasures and holdout intents
+        only_intents = op.filter("recall_intents", recalls, lambda x: isinstance(x, RecallIntent))
+        op.output("recalls", only_intents, sinks.recalls)
+    if sinks.effects is not None:  # orders, messages, erasures, holdout intents, progress
         effects_in = op.filter("effect_inputs", branches.trues, is_effect_input)
         if recalls is not None:
             holdouts = op.filter("holdout_intents", recalls, is_effect_input)
             effects_in = op.merge("to_effects", effects_in, holdouts)
         effects_keyed = op.key_on("effects_key", effects_in, lambda x: effects_key(x, groups))
-        effects = op.stateful("effects", effects_keyed, build_effects_logic(settings))
+        gated = recalls is not None
+        effects = op.stateful("effects", effects_keyed, build_effects_logic(settings, gated))
         op.output("effects_out", op.key_rm("effects_rm", effects), sinks.effects)
 
     others = op.filter(

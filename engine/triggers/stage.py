@@ -76,6 +76,7 @@ __all__ = [
     "TRIGGER_CAUSES",
     "RulesBook",
     "TriggerLogic",
+    "TriggerProgress",
     "TriggerStage",
     "StoreRules",
     "build_trigger_logic",
@@ -435,6 +436,22 @@ class TriggerStage:
 # -- Bytewax ------------------------------------------------------------------------
 
 
+class TriggerProgress(NamedTuple):
+    """The trigger stage of ``key_group`` evaluated every score up to event time ``t``.
+
+    Emitted behind the intents of those scores (only when asked for, see
+    :func:`build_trigger_logic`), so the effects stage knows how far holdout
+    intents can still be behind (:mod:`engine.effects`).
+    """
+
+    key_group: int
+    t: float
+
+
+PROGRESS_EVERY_S = 6 * HOUR
+"""Event time between two :class:`TriggerProgress` items of a key group."""
+
+
 def trigger_key(item: Scored | Erased, key_groups: int) -> str:
     """The key group string of a ``Scored`` or ``Erased`` item (as the customer stage)."""
     if isinstance(item, Scored):
@@ -442,15 +459,30 @@ def trigger_key(item: Scored | Erased, key_groups: int) -> str:
     return str(key_group(item.store_id, item.customer_id, key_groups))
 
 
-class TriggerLogic(StatefulLogic[Any, RecallIntent, bytes]):
-    """Adapts :class:`TriggerStage`: ``Scored`` → intents, ``Erased`` → forget."""
+class TriggerLogic(StatefulLogic[Any, Any, bytes]):
+    """Adapts :class:`TriggerStage`: ``Scored`` → intents, ``Erased`` → forget.
 
-    def __init__(self, stage: TriggerStage) -> None:
+    With ``progress_groups`` (the number of key groups) it also emits a
+    :class:`TriggerProgress` after the intents whenever the newest score time
+    moved ``PROGRESS_EVERY_S`` past the last one reported. That mark is not
+    snapshotted: after a restart the first score reports again (harmless, the
+    effects stage keeps the maximum).
+    """
+
+    def __init__(self, stage: TriggerStage, progress_groups: int | None = None) -> None:
         self.stage = stage
+        self.progress_groups = progress_groups
+        self.reported = float("-inf")
 
-    def on_item(self, value: Any) -> tuple[list[RecallIntent], bool]:
+    def on_item(self, value: Any) -> tuple[list[Any], bool]:
         if isinstance(value, Scored):
-            return self.stage.on_scored(value), StatefulLogic.RETAIN
+            out: list[Any] = list(self.stage.on_scored(value))
+            t = value.request.t
+            if self.progress_groups is not None and t >= self.reported + PROGRESS_EVERY_S:
+                self.reported = t
+                group = int(trigger_key(value, self.progress_groups))
+                out.append(TriggerProgress(group, t))
+            return out, StatefulLogic.RETAIN
         if isinstance(value, Erased):
             self.stage.on_erased(value.store_id, value.customer_id, value.t)
         return [], StatefulLogic.RETAIN
@@ -460,14 +492,17 @@ class TriggerLogic(StatefulLogic[Any, RecallIntent, bytes]):
 
 
 def build_trigger_logic(
-    rules: RulesBook | str | Path,
+    rules: RulesBook | str | Path, progress_groups: int | None = None
 ) -> Callable[[bytes | None], TriggerLogic]:
-    """The ``op.stateful`` builder; all key groups of a worker share one ``RulesBook``."""
+    """The ``op.stateful`` builder; all key groups of a worker share one ``RulesBook``.
+
+    ``progress_groups``: emit :class:`TriggerProgress` items too (for effect tracking).
+    """
     book = rules if isinstance(rules, RulesBook) else RulesBook(rules)
 
     def build(resume: bytes | None) -> TriggerLogic:
         if resume is not None:
-            return TriggerLogic(TriggerStage.restore(resume, book))
-        return TriggerLogic(TriggerStage(book))
+            return TriggerLogic(TriggerStage.restore(resume, book), progress_groups)
+        return TriggerLogic(TriggerStage(book), progress_groups)
 
     return build
