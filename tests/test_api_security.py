@@ -12,6 +12,7 @@ and none of it gets a 5xx.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,24 +28,35 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from test_api_routes import (
     EVENTS_SECRET,
+    LARAVEL,
+    SHARED,
     SHOPIFY_SECRET,
     STORE,
     WOO_SECRET,
     b64_hmac,
     canonical,
+    needs_shared,
     produced,
     read_topic,
+    shopify_headers,
 )
 
 from api.keys import create_key
 from api.main import create_app
 from api.routes import app_routes
-from api.routes.webhooks import MAX_BODY_BYTES
+from api.routes.webhooks import (
+    DEDUP_TTL_S,
+    MAX_BODY_BYTES,
+    dedup_key,
+    open_producer,
+    pending_ttl_s,
+)
 from api.webhook_secrets import set_secret
 from api.webhooks import sign_generic
 from api.webhooks.shopify import SHOPIFY_TOPICS
 from api.webhooks.woocommerce import WOOCOMMERCE_TOPICS
 from engine.connectors.recall_sink import enqueue_intents, queue_key
+from engine.services import free_port
 from engine.settings import Settings
 from engine.triggers.intent import RecallIntent
 
@@ -425,3 +437,51 @@ def test_garbage_to_every_write_route_never_gets_a_5xx(
     attempt()
     # the garbage got past authentication (signed, admin key) to the parsers
     assert seen - {401, 403}, seen
+
+
+# ------------------------------------------------------------------ Shopify dedup vs broker failure
+
+
+@needs_shared
+def test_shopify_dedup_marker_is_pending_until_the_broker_acks(
+    roomy: tuple[TestClient, str], settings: Settings, redis_client: redis.Redis
+) -> None:
+    """A failed produce (broker on a closed loopback port) leaves no marker; a retry
+    during the attempt gets 409 (not "duplicate"); the marker is permanent only once acked."""
+    api, _ = roomy
+    body = (SHARED / LARAVEL).read_bytes()
+    url = f"/v1/stores/{STORE}/webhooks/shopify"
+    headers = shopify_headers(body, "orders/create", "dedup-1")
+    marker = dedup_key(settings.key_prefix, STORE, "dedup-1")
+    state = api.app.state  # type: ignore[attr-defined]
+    down = settings.model_copy(update={"kafka_brokers": f"127.0.0.1:{free_port()}"})
+    good, state.producer = state.producer, open_producer(down, timeout_s=3.0)
+    state.produce_timeout_s = 3.0
+    first: list[Any] = []
+    try:
+        attempt = threading.Thread(
+            target=lambda: first.append(api.post(url, content=body, headers=headers))
+        )
+        attempt.start()
+        while redis_client.get(marker) is None and attempt.is_alive():
+            time.sleep(0.02)
+        held = redis_client.get(marker)
+        assert held is not None and held.startswith(b"pending:")
+        assert 0 < redis_client.ttl(marker) <= pending_ttl_s(3.0)  # short: a crash frees it
+        meanwhile = api.post(url, content=body, headers=headers)
+        assert meanwhile.status_code == 409, meanwhile.text
+        assert meanwhile.json()["error"]["code"] == "in_progress"
+        assert int(meanwhile.headers["Retry-After"]) >= 1
+        attempt.join()
+    finally:
+        state.producer, state.produce_timeout_s = good, 10.0
+    assert first[0].status_code == 503 and first[0].json()["error"]["code"] == "broker_unavailable"
+    assert redis_client.get(marker) is None  # removed on failure
+
+    retry = api.post(url, content=body, headers=headers)
+    assert retry.status_code == 202, retry.text
+    assert redis_client.get(marker) == b"delivered"
+    assert pending_ttl_s(10.0) < redis_client.ttl(marker) <= DEDUP_TTL_S
+    again = api.post(url, content=body, headers=headers)
+    assert again.status_code == 200 and again.json() == {"duplicate": True}
+    assert len(produced(api, settings)) == 1

@@ -11,8 +11,10 @@ events produced, every one acknowledged     202 ``{"accepted": n, "event_ids": [
 body normalised to nothing, or a topic we   202 ``{"accepted": 0, "ignored": true,
 do not handle (``UnsupportedTopic``)        "reason": ...}`` — 2xx so that the platform
                                             does not retry it or disable the webhook
-Shopify ``X-Shopify-Webhook-Id`` seen in    200 ``{"duplicate": true}``, nothing produced
-the last 7 days
+Shopify ``X-Shopify-Webhook-Id`` produced   200 ``{"duplicate": true}``, nothing produced
+in the last 7 days
+the same ``X-Shopify-Webhook-Id`` still     409 ``in_progress`` with ``Retry-After`` (the
+being produced by another request           first may yet fail, so the platform retries)
 Shopify ``shop/redact``                      202; an ``erase_request`` per customer of the
                                             store, then the store's Redis keys removed
 WooCommerce set-up ping (unsigned)          200 ``{"ping": true}``
@@ -31,9 +33,12 @@ A batch is all or nothing: one invalid event rejects the whole body.
 
 Producing uses the app's idempotent producer; each request waits (up to
 ``app.state.produce_timeout_s``) for the delivery report of each of its events
-and answers 202 only when all of them are acknowledged. The Shopify dedup key
-is set before producing and deleted again if producing fails, so the
-platform's retry is not taken for a duplicate. Event ids are deterministic
+and answers 202 only when all of them are acknowledged. The Shopify dedup
+marker ``{prefix}:{<store>}:webhook:<id>`` is first set *pending* (``SET NX``
+with a token and a short TTL, :func:`pending_ttl_s`), made permanent (7 days)
+only after the broker acknowledged every event, and removed if producing fails;
+so neither a 503 nor a crash in between makes the platform's retry look like a
+duplicate (a crashed request's marker expires within the short TTL). Event ids are deterministic
 (:mod:`api.webhooks`), so a retry after a 503 whose events did reach the broker
 is deduplicated by the dataflow.
 """
@@ -43,10 +48,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import threading
 import time
+import uuid
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import orjson
 import redis
@@ -83,6 +90,9 @@ router = APIRouter(prefix="/v1/stores/{store_id}/webhooks", tags=["webhooks"])
 MAX_BODY_BYTES = 1 << 20
 MAX_BATCH_EVENTS = 1000
 DEDUP_TTL_S = 7 * 86400
+PENDING_MARGIN_S = 15
+PENDING = b"pending:"
+DELIVERED = b"delivered"
 PRODUCE_TIMEOUT_S = 10.0
 MAX_WEBHOOK_ID_CHARS = 200
 MAX_LISTED_EVENT_IDS = 1000
@@ -91,6 +101,7 @@ StorePath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "malformed body (dead-lettered)"},
+    409: {"model": ErrorBody, "description": "the same delivery is being produced (Shopify)"},
     401: {"model": ErrorBody, "description": "no secret for the store, or a bad signature"},
     413: {"model": ErrorBody, "description": "body over 1 MiB"},
     503: {"model": ErrorBody, "description": "the broker did not acknowledge the events"},
@@ -109,6 +120,10 @@ class WebhookAccepted(BaseModel):
 Headers = list[tuple[str, str | bytes | None]]
 Message = tuple[str, bytes, bytes, Headers | None]
 """topic, key, value, headers"""
+
+
+class _Duplicate(Exception):
+    """The delivery was produced before (answered 200 ``duplicate``)."""
 
 
 class _Malformed(Exception):
@@ -343,6 +358,73 @@ def _deliver(
     return JSONResponse(body.model_dump(), status_code=202)
 
 
+# KEYS: the marker. ARGV: our pending token, then the value (and TTL) to put.
+# Acts only while the marker still holds our token (it may have expired and
+# been claimed by a retry since).
+_CONFIRM_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def dedup_key(prefix: str, store_id: str, webhook_id: str) -> str:
+    """
+    >>> dedup_key("cf", "demo", "b54557e4")
+    'cf:{demo}:webhook:b54557e4'
+    """
+    return f"{prefix}:{{{store_id}}}:webhook:{webhook_id}"
+
+
+def pending_ttl_s(produce_timeout_s: float) -> int:
+    """How long a pending marker lives: past the produce wait, short of a platform retry.
+
+    >>> pending_ttl_s(10.0), pending_ttl_s(1.0)
+    (25, 16)
+    """
+    return math.ceil(produce_timeout_s) + PENDING_MARGIN_S
+
+
+def claim_delivery(client: redis.Redis, marker: str, ttl_s: int) -> bytes:
+    """Mark a delivery pending (``SET NX``, ``ttl_s``); return the token, or answer it.
+
+    A delivery already produced answers 200 ``duplicate``; one still being
+    produced by another request answers 409 ``in_progress`` with ``Retry-After``
+    (the platform retries: the first may yet fail).
+    """
+    token = PENDING + uuid.uuid4().hex.encode()
+    if client.set(marker, token, nx=True, ex=ttl_s):
+        return token
+    held = cast(bytes | None, client.get(marker))
+    if held is not None and not held.startswith(PENDING):
+        raise _Duplicate()
+    wait = client.ttl(marker)
+    raise ApiError(
+        409,
+        "in_progress",
+        "this webhook delivery is being produced by another request; retry",
+        headers={"Retry-After": str(max(1, int(wait)))},
+    )
+
+
+def confirm_delivery(client: redis.Redis, marker: str, token: bytes) -> None:
+    """The broker acknowledged: the pending marker becomes permanent (``DEDUP_TTL_S``)."""
+    client.eval(_CONFIRM_LUA, 1, marker, token, DELIVERED, DEDUP_TTL_S)
+
+
+def release_delivery(client: redis.Redis, marker: str, token: bytes) -> None:
+    """Producing failed: remove our pending marker so the platform's retry goes through."""
+    client.eval(_RELEASE_LUA, 1, marker, token)
+
+
 def _load_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)  # ints exact to 64 bits; nesting is bounded
@@ -389,14 +471,15 @@ def _shopify(
         return _deliver(request, store_id, topic, result)
     settings: Settings = request.app.state.settings
     client: redis.Redis = request.app.state.redis
-    dedup = f"{settings.key_prefix}:{{{store_id}}}:webhook:{webhook_id}"
-    if not client.set(dedup, b"1", nx=True, ex=DEDUP_TTL_S):
-        return JSONResponse({"duplicate": True}, status_code=200)
+    dedup = dedup_key(settings.key_prefix, store_id, webhook_id)
+    token = claim_delivery(client, dedup, pending_ttl_s(_timeout(request)))
     try:
-        return _deliver(request, store_id, topic, result)
+        answer = _deliver(request, store_id, topic, result)
     except Exception:
-        client.delete(dedup)  # not delivered: the platform's retry must go through
+        release_delivery(client, dedup, token)  # not delivered: the retry must go through
         raise
+    confirm_delivery(client, dedup, token)
+    return answer
 
 
 @router.post("/shopify", status_code=202, response_model=WebhookAccepted, responses=ERRORS)
@@ -411,16 +494,19 @@ async def shopify_webhook(
     """A Shopify webhook; deduplicated on ``X-Shopify-Webhook-Id`` for 7 days."""
     raw = await _read_body(request)
     signature = x_shopify_hmac_sha256 or request.headers.get("shopify-hmac-sha256")
-    return await run_in_threadpool(
-        _shopify,
-        request,
-        store_id,
-        raw,
-        x_shopify_topic,
-        signature,
-        x_shopify_webhook_id,
-        x_shopify_triggered_at,
-    )
+    try:
+        return await run_in_threadpool(
+            _shopify,
+            request,
+            store_id,
+            raw,
+            x_shopify_topic,
+            signature,
+            x_shopify_webhook_id,
+            x_shopify_triggered_at,
+        )
+    except _Duplicate:
+        return JSONResponse({"duplicate": True}, status_code=200)
 
 
 def _woocommerce(
