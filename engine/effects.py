@@ -31,10 +31,21 @@ event with a ``rule_id``, produced by the delivery worker) or a holdout intent
   ``message_id``, counted once per send and kind; one that arrives before its
   send waits for it (until the horizon; ``unmatched_engagement`` counts the
   ones that find no send).
-* **Orders** are ``order_created`` events (refunds are not netted out); the same
-  ``order_id`` counts once.
+* **Orders** are ``order_created`` events; the same ``order_id`` counts once.
+* **Refunds** (``order_refunded``, ``amount`` = the refunded sum) are netted
+  against their order by ``order_id``: an order's *net* amount is its amount
+  minus its refunds (several partial refunds add up; never below 0), and an
+  ``order_cancelled`` refunds it in full. Attributed revenue is the net amount.
+  A fully refunded (or cancelled) order converts nothing: the touch is
+  converted by the first order in its window that is not fully refunded, and
+  un-converts (``converted`` - 1) when there is none. Returned goods are not a
+  win-back, and the holdout is treated the same way, so the uplift compares
+  like with like. A refund that arrives before its order is kept and applied
+  when the order comes. Refunds come weeks after the order, so touches and
+  the orders in their windows are kept ``refund_window_s`` (30 days) longer
+  than the matching horizon; a refund later than that changes nothing.
 * **Offer cost** of a converted send: ``percent_off`` of the converting order's
-  amount, plus ``free_shipping_cost`` when the offer had free shipping.
+  net amount, plus ``free_shipping_cost`` when the offer had free shipping.
 * **Exactly once.** Event ids (and holdout intents' idempotency keys) are
   deduplicated; the counters are absolute and published as snapshots (never
   increments), so a replay after a restart rewrites the same numbers.
@@ -89,7 +100,7 @@ DAY = 86_400.0
 MONEY_UNITS = 10_000
 """Money is counted in integer 1/10,000 of the base currency."""
 SEP = "\x1f"
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 
 COUNT_FIELDS = (
     "sent",
@@ -104,7 +115,13 @@ COUNT_FIELDS = (
     "holdout_revenue",
 )
 """Per row; ``revenue``, ``offer_cost`` and ``holdout_revenue`` in money units."""
-META_FIELDS = ("late", "untracked_sends", "unmatched_engagement", "duplicates", "erased")
+META_FIELDS = (
+    "late",
+    "untracked_sends",
+    "unmatched_engagement",
+    "duplicates",
+    "erased",
+)
 
 ENGAGEMENT = {
     "message_delivered": "delivered",
@@ -127,6 +144,16 @@ class Order(NamedTuple):
     units: int
 
 
+class Refund(NamedTuple):
+    order_id: str
+    ts: float
+    units: int
+    """Refunded money units; ``FULL_REFUND`` for a cancellation."""
+
+
+FULL_REFUND = 1 << 62
+
+
 @dataclass(slots=True)
 class Touch:
     """A send (``holdout=False``) or a holdout intent, kept while orders can convert it."""
@@ -140,6 +167,7 @@ class Touch:
     free_shipping: bool = False
     flags: int = 0
     conversion: Order | None = None
+    """The converting order, ``units`` = its net amount when it was matched."""
 
 
 @dataclass(slots=True)
@@ -148,9 +176,28 @@ class _Customer:
     orders: list[Order] = field(default_factory=list)
     engagement: dict[str, tuple[int, float]] = field(default_factory=dict)
     """message_id → (flags, newest ts) of engagement that came before its send."""
+    refunds: dict[str, Refund] = field(default_factory=dict)
+    """Refund (or cancellation) event id → what it refunds."""
 
     def empty(self) -> bool:
-        return not (self.touches or self.orders or self.engagement)
+        return not (self.touches or self.orders or self.engagement or self.refunds)
+
+    def net_orders(self) -> list[Order]:
+        """Orders with their net amounts (refunds subtracted), fully refunded ones left out.
+
+        >>> c = _Customer(orders=[Order(1.0, "a", 100), Order(2.0, "b", 50)])
+        >>> c.refunds = {"r1": Refund("a", 5.0, 30), "r2": Refund("a", 6.0, 20),
+        ...              "r3": Refund("b", 7.0, 80)}
+        >>> c.net_orders()
+        [Order(ts=1.0, order_id='a', units=50)]
+        """
+        if not self.refunds:
+            return self.orders
+        refunded: dict[str, int] = {}
+        for refund in self.refunds.values():
+            refunded[refund.order_id] = refunded.get(refund.order_id, 0) + refund.units
+        net = (o._replace(units=o.units - refunded.get(o.order_id, 0)) for o in self.orders)
+        return [o for o in net if o.units > 0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +206,8 @@ class EffectsConfig:
     lateness_s: float = 3 * DAY
     dedup_retention_s: float = 30 * DAY
     free_shipping_cost_units: int = 0
+    refund_window_s: float = 30 * DAY
+    """How long after the matching horizon a refund can still undo a conversion."""
     gated: bool = False
     """Hold pruning back to the trigger stage's progress (see the module docstring)."""
 
@@ -261,7 +310,7 @@ class EffectsGroup:
         """A decoded event (order, message or erasure; others change nothing)."""
         if not isinstance(event, (OrderEvent, MessageEvent, EraseRequest)):
             return set()
-        if isinstance(event, OrderEvent) and event.type != "order_created":
+        if isinstance(event, OrderEvent) and event.type == "order_paid":
             return set()
         store, customer, ts = event.store_id, event.customer_id, event.ts
         if self.dedup.seen_before(event.event_id, ts):
@@ -269,7 +318,11 @@ class EffectsGroup:
         if isinstance(event, EraseRequest):
             return self.on_erase(store, customer, ts)
         if isinstance(event, OrderEvent):
-            return self.on_order(store, customer, event.order_id, ts, amount_base)
+            if event.type == "order_created":
+                return self.on_order(store, customer, event.order_id, ts, amount_base)
+            full = event.type == "order_cancelled"
+            refund = Refund(event.order_id, ts, FULL_REFUND if full else to_units(amount_base))
+            return self.on_refund(store, customer, event.event_id, refund)
         if event.type == "message_sent":
             if event.rule_id is None:
                 return self._meta(store, "untracked_sends")
@@ -330,9 +383,7 @@ class EffectsGroup:
             return {store}
         self.customers[ckey] = record
         record.touches.append(touch)
-        order = first_in_window(touch.ts, record.orders, self.config.window_s)
-        if order is not None:
-            self._convert(counts, touch, order)
+        self._rematch(counts, touch, record.net_orders())
         if not touch.holdout:
             flags, _ = record.engagement.pop(touch.key, (0, 0.0))
             self._engage(counts, touch, flags)
@@ -348,14 +399,23 @@ class EffectsGroup:
         record = self.customers.setdefault(ckey, _Customer())
         if any(o.order_id == order_id for o in record.orders):
             return self._meta(store, "duplicates")
-        order = Order(ts, order_id, to_units(amount_base))
-        record.orders.append(order)
-        changed: set[str] = set()
-        for touch in record.touches:
-            if touch.ts < ts <= touch.ts + self.config.window_s:
-                if self._convert(self._counts(store, touch.row), touch, order):
-                    changed.add(store)
-        return changed
+        record.orders.append(Order(ts, order_id, to_units(amount_base)))
+        return self._rematch_around(store, record, ts)
+
+    def on_refund(self, store: str, customer: str, refund_id: str, refund: Refund) -> set[str]:
+        """A refund or cancellation (``refund_id``: its event id) of one of the orders."""
+        self._observe(store, refund.ts)
+        ckey = f"{store}{SEP}{customer}"
+        if self._erased(ckey, refund.ts):
+            return set()
+        record = self.customers.setdefault(ckey, _Customer())
+        if refund_id in record.refunds:
+            return self._meta(store, "duplicates")
+        record.refunds[refund_id] = refund
+        for order in record.orders:
+            if order.order_id == refund.order_id:
+                return self._rematch_around(store, record, order.ts)
+        return set()  # kept until its order comes
 
     def on_engagement(
         self, store: str, customer: str, message_id: str, kind: str, ts: float
@@ -386,22 +446,35 @@ class EffectsGroup:
 
     # -- matching ------------------------------------------------------------------
 
-    def _convert(self, counts: dict[str, int], touch: Touch, order: Order) -> bool:
-        """Make ``order`` the touch's conversion if it is the first one; True if changed."""
+    def _rematch_around(self, store: str, record: _Customer, order_ts: float) -> set[str]:
+        """Re-match the touches whose window holds an order at ``order_ts``."""
+        changed: set[str] = set()
+        net: list[Order] | None = None
+        for touch in record.touches:
+            if touch.ts < order_ts <= touch.ts + self.config.window_s:
+                net = record.net_orders() if net is None else net
+                if self._rematch(self._counts(store, touch.row), touch, net):
+                    changed.add(store)
+        return changed
+
+    def _rematch(self, counts: dict[str, int], touch: Touch, net_orders: list[Order]) -> bool:
+        """Make the first net order in the touch's window its conversion; True if changed."""
+        new = first_in_window(touch.ts, net_orders, self.config.window_s)
         old = touch.conversion
-        if old is not None and old[:2] <= order[:2]:
+        if new == old:
             return False
         prefix = "holdout_" if touch.holdout else ""
-        if old is None:
-            counts[f"{prefix}converted"] += 1
-        else:
+        if old is not None:
             counts[f"{prefix}revenue"] -= old.units
             if not touch.holdout:
                 counts["offer_cost"] -= self._offer_cost(touch, old)
-        counts[f"{prefix}revenue"] += order.units
-        if not touch.holdout:
-            counts["offer_cost"] += self._offer_cost(touch, order)
-        touch.conversion = order
+        if new is not None:
+            counts[f"{prefix}revenue"] += new.units
+            if not touch.holdout:
+                counts["offer_cost"] += self._offer_cost(touch, new)
+        if (old is None) != (new is None):
+            counts[f"{prefix}converted"] += 1 if old is None else -1
+        touch.conversion = new
         return True
 
     def _offer_cost(self, touch: Touch, order: Order) -> int:
@@ -430,13 +503,33 @@ class EffectsGroup:
     # -- memory --------------------------------------------------------------------
 
     def prune(self) -> None:
-        """Forget touches, orders, pending engagement and tombstones behind the horizon."""
+        """Forget what the horizon is past: touches, orders, refunds, pending engagement
+        and tombstones. Converted touches, the orders in their windows and those
+        orders' refunds stay ``refund_window_s`` longer, for refunds to undo them."""
         horizon = self.horizon
         self.pruned_to = horizon
+        refund_horizon = horizon - self.config.refund_window_s
+        window = self.config.window_s
         for ckey in list(self.customers):
             record = self.customers[ckey]
-            record.touches = [t for t in record.touches if t.ts >= horizon]
-            record.orders = [o for o in record.orders if o.ts >= horizon]
+            record.touches = [
+                t
+                for t in record.touches
+                if t.ts >= horizon or (t.conversion is not None and t.ts >= refund_horizon)
+            ]
+            kept = [t.ts for t in record.touches if t.ts < horizon]
+            record.orders = [
+                o
+                for o in record.orders
+                if o.ts >= horizon or any(ts < o.ts <= ts + window for ts in kept)
+            ]
+            if record.refunds:
+                ids = {o.order_id for o in record.orders}
+                record.refunds = {
+                    rid: r
+                    for rid, r in record.refunds.items()
+                    if r.ts >= horizon or r.order_id in ids
+                }
             for message_id, (_, ts) in list(record.engagement.items()):
                 if ts < horizon:
                     del record.engagement[message_id]
@@ -482,7 +575,7 @@ class EffectsGroup:
     def restore(cls, data: bytes, config: EffectsConfig | None = None) -> EffectsGroup:
         """The group of a snapshot; ``config`` (today's settings) replaces the pickled one."""
         version, pickled_config, group_id, *state = pickle.loads(data)
-        if version not in (1, SNAPSHOT_VERSION):
+        if version not in (1, 2, SNAPSHOT_VERSION):
             raise ValueError(f"unknown effects snapshot version {version!r}")
         if version == 1:  # before trigger progress was tracked
             state.append(float("-inf"))
@@ -497,6 +590,9 @@ class EffectsGroup:
             group.pruned_to,
             group.progress,
         ) = state
+        if version < 3:  # before refunds were kept
+            for record in group.customers.values():
+                record.refunds = {}
         return group
 
 

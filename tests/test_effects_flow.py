@@ -4,19 +4,20 @@ A rules file with a dormancy cadence (30 and 60 days of silence), two A/B arms
 and a 30 % holdout. Customers order, go silent and get recalls; the test plays
 the delivery worker and the customers: for every recall the rules call for it
 produces ``message_sent`` (and some delivered/opened/clicked) events, and then
-orders inside and outside the 7-day attribution window, a few of them twice
-(webhook retries). Everything goes through the real Tansu broker into
-:func:`engine.flow.build_flow` with the real Redis sinks.
+orders inside and outside the 7-day attribution window, some of them refunded
+in part or in full or cancelled later, a few events twice (webhook retries).
+Everything goes through the real Tansu broker into :func:`engine.flow.build_flow`
+with the real Redis sinks.
 
 The expectation is computed here from the input events alone (an oracle that
 knows the rules, not the engine's state): which intents the cadence produces
 (a step is due at last order + N days unless an order came first, and fires
 once the key group's watermark or the customer's own next event passes it),
 which of them are holdout, and per (rule, step, arm, channel) the sends,
-engagement, conversions (the first order in ``(touch, touch + 7 days]``),
-revenue, offer cost and the holdout's intents, conversions and revenue. The
-queues, the suppressed log, the effects hashes and the API must match it
-exactly.
+engagement, conversions (the first order in ``(touch, touch + 7 days]`` that
+is not fully refunded), revenue net of refunds, offer cost and the holdout's
+intents, conversions and revenue. The queues, the suppressed log, the effects
+hashes and the API must match it exactly.
 """
 
 from __future__ import annotations
@@ -120,7 +121,9 @@ class Stream:
     suppressed_keys: set[str]
     touches: list[Touch]
     orders: dict[str, list[tuple[int, str, int]]]
-    """Customer → (ts, order id, amount in 1/10,000 USD)."""
+    """Customer → (ts, order id, net amount in 1/10,000 USD) of orders not fully refunded."""
+    refunded_conversions: int
+    """Touches whose first order in the window was refunded (the scenario needs some)."""
 
 
 # -- the input --------------------------------------------------------------------------
@@ -215,6 +218,42 @@ def outcome_orders(rng: random.Random, customer: str, first_order: int) -> list[
     return out
 
 
+def refunds_for(rng: random.Random, placed: list[OrderEvent]) -> list[OrderEvent]:
+    """Some later orders are refunded, in part or in full, days to weeks later, or cancelled."""
+    out = []
+    for placed_order in placed[1:]:
+        kind = rng.choice(["none", "none", "partial", "full", "cancelled"])
+        if kind == "none":
+            continue
+        amount = placed_order.amount
+        if kind == "partial":
+            amount = (amount / 2).quantize(Decimal("0.01"))
+        elif kind == "cancelled":
+            amount = Decimal(0)
+        delay = 3600 if kind == "cancelled" else rng.randint(2 * DAY, 20 * DAY)
+        out.append(
+            placed_order.model_copy(
+                update={
+                    "type": "order_cancelled" if kind == "cancelled" else "order_refunded",
+                    "event_id": f"r-{placed_order.order_id}",
+                    "occurred_at": at(int(placed_order.ts) + delay),
+                    "amount": amount,
+                }
+            )
+        )
+    return out
+
+
+def net_orders(placed: list[OrderEvent], refunds: list[OrderEvent]) -> list[tuple[int, str, int]]:
+    """(ts, order id, amount - refunds in 1/10,000 USD) of the orders not fully refunded."""
+    refunded: dict[str, int] = defaultdict(int)
+    for refund in refunds:
+        full = refund.type == "order_cancelled"
+        refunded[refund.order_id] += 10**12 if full else int(refund.amount * 10_000)
+    net = [(int(o.ts), o.order_id, int(o.amount * 10_000) - refunded[o.order_id]) for o in placed]
+    return [o for o in net if o[2] > 0]
+
+
 # -- the oracle -------------------------------------------------------------------------
 
 
@@ -266,28 +305,36 @@ def expected_rows(stream: Stream) -> dict[RowKey, dict[str, int]]:
 def build_stream(seed: int = 20261123) -> Stream:
     rng = random.Random(seed)
     events: list[Any] = [*tickers()]
-    fires_by: dict[int, int] = {}
-    for group in range(KEY_GROUPS):
-        group_times = [
-            int(e.ts) for e in events if key_group(STORE, e.customer_id, KEY_GROUPS) == group
-        ]
-        fires_by[group] = max(group_times) - LATENESS_S
-    ticker_end = max(int(e.ts) for e in events)
-    queued: set[str] = set()
-    suppressed: set[str] = set()
-    touches: list[Touch] = []
     orders: dict[str, list[tuple[int, str, int]]] = {}
-    for n in range(CUSTOMERS):
+    gross_orders: dict[str, list[tuple[int, str, int]]] = {}
+    refunded_ids: set[str] = set()
+    own_times: dict[str, list[int]] = {}
+    order_times: dict[str, list[int]] = {}
+    for n in range(CUSTOMERS):  # first what the customers do on their own
         customer = f"c{n:02d}"
         first_order = BASE + 2 * DAY + rng.randint(0, DAY - 1)
         placed = outcome_orders(rng, customer, first_order)
-        events += [profile(customer), *placed]
-        orders[customer] = [(int(o.ts), o.order_id, int(o.amount * 10_000)) for o in placed]
+        refunds = refunds_for(rng, placed)
+        events += [profile(customer), *placed, *refunds]
+        orders[customer] = net_orders(placed, refunds)
+        gross_orders[customer] = net_orders(placed, [])
+        refunded_ids |= {r.order_id for r in refunds}
+        order_times[customer] = [int(o.ts) for o in placed]
+        own_times[customer] = [int(e.ts) for e in (*placed, *refunds)]
+    fires_by: dict[int, int] = defaultdict(lambda: -(2**62))
+    for event in events:  # each key group's final watermark
+        group = key_group(STORE, event.customer_id, KEY_GROUPS)
+        fires_by[group] = max(fires_by[group], int(event.ts) - LATENESS_S)
+    last_event = max(int(e.ts) for e in events)
+    queued: set[str] = set()
+    suppressed: set[str] = set()
+    touches: list[Touch] = []
+    for n in range(CUSTOMERS):  # then the recalls the rules call for, and the sends
+        customer = f"c{n:02d}"
         holdout = in_holdout(STORE, customer, SALT, HOLDOUT)
         arm = assign_arm(STORE, customer, "winback", ARMS, salt=SALT)
-        order_times = [int(o.ts) for o in placed]
         group = key_group(STORE, customer, KEY_GROUPS)
-        for step, due in due_steps(order_times, fires_by[group], order_times):
+        for step, due in due_steps(order_times[customer], fires_by[group], own_times[customer]):
             row = RowKey("winback", step, arm, "email")
             key = idempotency_key(STORE, customer, "winback", step, due)
             if holdout:
@@ -296,7 +343,7 @@ def build_stream(seed: int = 20261123) -> Stream:
                 continue
             queued.add(key)
             sent_at = due + 60
-            assert sent_at + 3 * 3600 < ticker_end
+            assert sent_at + 3 * 3600 < last_event  # moves no watermark
             pct = STEP_OFFER[step]
             events.append(message("message_sent", customer, key, sent_at, row, pct))
             engaged = set()
@@ -321,7 +368,13 @@ def build_stream(seed: int = 20261123) -> Stream:
         if rng.random() < 0.05:  # a webhook retry, a few events later
             lines.insert(len(lines) + rng.randint(0, 2), line)
             duplicates += isinstance(event, (OrderEvent, MessageEvent))
-    return Stream(events, lines, duplicates, queued, suppressed, touches, orders)
+    refunded_conversions = 0
+    for touch in touches:
+        first = first_in_window(touch.ts, gross_orders[touch.customer])
+        refunded_conversions += first is not None and first[1] in refunded_ids
+    return Stream(
+        events, lines, duplicates, queued, suppressed, touches, orders, refunded_conversions
+    )
 
 
 # -- the tests --------------------------------------------------------------------------
@@ -391,7 +444,7 @@ def test_effects_through_the_real_flow(
     assert sum(c.get("holdout_converted", 0) for c in expected.values()) > 0
     assert sum(c.get("converted", 0) for c in expected.values()) > 0
     assert sum(c.get("offer_cost", 0) for c in expected.values()) > 0
-    assert stream.duplicate_effect_lines > 0
+    assert stream.duplicate_effect_lines > 0 and stream.refunded_conversions > 0
 
     assert produce_lines(settings, iter(stream.lines)) == len(stream.lines)
     dead: list[Any] = []
