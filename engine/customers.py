@@ -17,6 +17,12 @@ eagerly, just before the customer's first later event is applied. An event
 older than the customer's newest event updates the features but takes no
 point (counted as ``points_skipped_out_of_order``); an order that arrives after
 its point was labelled 1 is counted as ``late_label_flips``.
+
+Cart checks. An ``add_to_cart`` with no check pending schedules a score request
+(cause ``cart``) at ``cart time + cart_check_s``, so the trigger stage can
+evaluate an abandoned cart even if nothing else arrives; it fires when the
+watermark passes it or, eagerly, before the customer's next later event, and an
+order at or after the cart cancels it (event time only).
 """
 
 from __future__ import annotations
@@ -74,6 +80,8 @@ class StageConfig:
     max_pending_points: int = 32
     dedup_retention_s: float = 7 * DAY
     value_thresholds: tuple[float, float] = (50.0, 200.0)
+    cart_check_s: float = 4 * 3600.0
+    """Cart check delay after an ``add_to_cart`` (0: none); match the cart rule's hours."""
 
     @property
     def horizon_s(self) -> float:
@@ -147,6 +155,8 @@ class KeyGroupCustomers:
     lifecycle: LifecycleCounts = field(default_factory=LifecycleCounts)
     published_day: float = float("-inf")
     """The event-time day (watermark // DAY) of the last published aggregates."""
+    cart_checks: dict[str, float] = field(default_factory=dict)
+    """Customer key → time of its pending cart check."""
 
     def __post_init__(self) -> None:
         self.watermark = Watermark(self.config.allowed_lateness_s)
@@ -180,6 +190,7 @@ class KeyGroupCustomers:
         out: list[Any] = []
         if isinstance(event, EraseRequest):
             erased = self.customers.pop(key, None)
+            self.cart_checks.pop(key, None)
             if erased is not None:
                 counters["erased"] += 1
                 self.cohorts.remove_customer(event.store_id, erased.periods)
@@ -195,8 +206,14 @@ class KeyGroupCustomers:
         in_order = ts >= record.last_event_ts
         if in_order:
             # checkpoints the customer's silence reached before this event
+            cart_due = self.cart_checks.get(key, ts)
             while record.next_checkpoint_ts is not None and record.next_checkpoint_ts < ts:
+                if cart_due < record.next_checkpoint_ts:  # in time order
+                    out.extend(self._cart_check(key, record, cart_due))
+                    cart_due = ts
                 out.extend(self._take_checkpoint(key, record, record.next_checkpoint_ts))
+            if cart_due < ts:
+                out.extend(self._cart_check(key, record, cart_due))
         else:
             counters["out_of_order_events"] += 1
 
@@ -208,6 +225,13 @@ class KeyGroupCustomers:
         if isinstance(event, OrderEvent) and event.type == "order_created":
             self.cohorts.add_order(event.store_id, record.periods, ts)
             out.extend(self._on_order(key, record, ts, in_order, features))
+            pending = self.cart_checks.get(key)
+            if pending is not None and ts >= pending - self.config.cart_check_s:
+                del self.cart_checks[key]  # the order closed the cart
+        elif event.type == "add_to_cart" and self.config.cart_check_s > 0:
+            if key not in self.cart_checks and in_order:
+                self.cart_checks[key] = ts + self.config.cart_check_s
+                self.timers.push(ts + self.config.cart_check_s, "cart", key, ts)
         out.extend(self._score_request(key, record, t, "event", features))
         out.extend(self._fire_timers())
         return out
@@ -270,6 +294,9 @@ class KeyGroupCustomers:
                 # re-check: the schedule may have moved since this timer was set
                 if record.next_checkpoint_ts == timer.ref and record.last_event_ts <= timer.ref:
                     out.extend(self._take_checkpoint(timer.customer_key, record, timer.ref))
+            elif timer.kind == "cart":
+                if self.cart_checks.get(timer.customer_key) == timer.at:
+                    out.extend(self._cart_check(timer.customer_key, record, timer.at))
             elif timer.kind == "segment" and timer.ref == record.last_order_ts:
                 out.extend(self._score_request(timer.customer_key, record, timer.at, "checkpoint"))
             timer = self.timers.pop_next_due(watermark)
@@ -291,6 +318,11 @@ class KeyGroupCustomers:
             return None
         at = last_order + k * step
         return at
+
+    def _cart_check(self, key: str, record: CustomerRecord, at: float) -> list[Any]:
+        """The pending cart check at ``at``: a score request for the trigger stage."""
+        del self.cart_checks[key]
+        return self._score_request(key, record, at, "cart")
 
     def _take_checkpoint(self, key: str, record: CustomerRecord, at: float) -> list[Any]:
         features = feature_vector(record.state, at)

@@ -69,6 +69,7 @@ def stage_config(settings: Settings) -> StageConfig:
         max_silent_checkpoints=settings.max_silent_checkpoints,
         dedup_retention_s=settings.dedup_retention_s,
         value_thresholds=(settings.value_tier_low_max, settings.value_tier_mid_max),
+        cart_check_s=settings.cart_check_hours * 3600.0,
     )
 
 

@@ -35,7 +35,8 @@ class ScoreRequest:
     value_tier: str
     profile: dict[str, Any]
     cause: str
-    """``event`` (the customer changed), ``checkpoint`` (silence) or ``final`` (replay end)."""
+    """``event`` (the customer changed), ``checkpoint`` (silence), ``cart`` (a cart check,
+    see :mod:`engine.customers`) or ``final`` (replay end)."""
 
 
 @dataclass(frozen=True, slots=True)

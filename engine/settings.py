@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     """Effect tracking: cost (base currency) of free shipping on one converted order."""
     send_cost: dict[str, float] = Field(default_factory=dict)
     """Effect tracking: cost of one message by channel (base currency); absent: 0."""
+    cart_check_hours: float = Field(4.0, ge=0)
+    """Hours after an ``add_to_cart`` when the customer stage scores the customer for
+    the abandoned-cart rule if nothing else came (0: never); match the rule's hours."""
     redis_batch_size: int = Field(500, ge=1)
 
     # api

@@ -4,7 +4,7 @@ Plain Python (:class:`TriggerStage`), adapted to Bytewax by :class:`TriggerLogic
 (keyed by the customer stage's key group, so a customer's scores arrive in the
 order the customer stage emitted them).
 
-For every ``Scored`` item with ``cause`` ``event`` or ``checkpoint`` (never the
+For every ``Scored`` item with ``cause`` ``event``, ``checkpoint`` or ``cart`` (never the
 ``final`` scores that close a replay) the stage builds a :class:`CustomerView`,
 evaluates the store's rules at the score's *event time* ``request.t`` and
 records every emitted intent (holdout ones too) in the customer's send history,
@@ -26,8 +26,10 @@ What the score does not carry, and how the stage fills it in:
   own score) and forgets it when the cart closes or a later order arrives.
   The stage has no timers of its own: the cart rule fires only if a score of
   the customer arrives between ``after_hours`` and ``after_hours + grace_hours``
-  after that; dormancy steps at multiples of ``checkpoint_days`` are reached by
-  the customer stage's checkpoint scores.
+  after that. The customer stage makes sure one does: a ``cart`` score
+  ``CHURNFLOW_CART_CHECK_HOURS`` after the cart opened (cancelled by an order);
+  dormancy steps at multiples of ``checkpoint_days`` are reached by its
+  checkpoint scores.
 * ``churn_probability``: only a warm model's score is used (a cold model scores
   the prior; a jump from prior to first real score is not a "rise"); cold
   scores give ``None``, so risk rules do not fire on them.
@@ -88,7 +90,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRIGGER_CAUSES = frozenset({"event", "checkpoint"})
+TRIGGER_CAUSES = frozenset({"event", "checkpoint", "cart"})
 """Score causes that may trigger messages (``final`` replay scores do not)."""
 
 SEP = "\x1f"
