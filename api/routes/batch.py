@@ -20,7 +20,9 @@ MAX_BATCH = 1000
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or unknown API key"},
     403: {"model": ErrorBody, "description": "the key belongs to another store"},
+    400: {"model": ErrorBody, "description": "the body is not JSON"},
     422: {"model": ErrorBody, "description": f"not 1..{MAX_BATCH} customer ids"},
+    429: {"model": ErrorBody, "description": "rate limited (Retry-After)"},
 }
 
 

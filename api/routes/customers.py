@@ -18,6 +18,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or unknown API key"},
     403: {"model": ErrorBody, "description": "the key belongs to another store"},
     404: {"model": ErrorBody, "description": "no such customer"},
+    429: {"model": ErrorBody, "description": "rate limited (Retry-After)"},
 }
 
 

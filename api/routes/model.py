@@ -8,13 +8,21 @@ import orjson
 from fastapi import APIRouter
 
 from api.deps import ApiKeyDep, RedisDep, SettingsDep, require_store
-from api.errors import ApiError
+from api.errors import ApiError, ErrorBody
 from engine.connectors.redis_sink import model_key
 
 router = APIRouter(prefix="/v1/stores/{store_id}", tags=["model"])
 
 
-@router.get("/model")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or unknown API key"},
+    403: {"model": ErrorBody, "description": "the key belongs to another store"},
+    404: {"model": ErrorBody, "description": "the model has not reported yet"},
+    429: {"model": ErrorBody, "description": "rate limited (Retry-After)"},
+}
+
+
+@router.get("/model", responses=ERRORS)
 def get_model(store_id: str, key: ApiKeyDep, client: RedisDep, settings: SettingsDep) -> Any:
     """Running progressive-validation metrics of the model (shard 0)."""
     require_store(store_id, key, "read")

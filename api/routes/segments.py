@@ -34,6 +34,7 @@ router = APIRouter(prefix="/v1/stores/{store_id}", tags=["segments"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or unknown API key"},
     403: {"model": ErrorBody, "description": "the key belongs to another store"},
+    429: {"model": ErrorBody, "description": "rate limited (Retry-After)"},
 }
 
 

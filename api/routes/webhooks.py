@@ -104,6 +104,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "the same delivery is being produced (Shopify)"},
     401: {"model": ErrorBody, "description": "no secret for the store, or a bad signature"},
     413: {"model": ErrorBody, "description": "body over 1 MiB"},
+    429: {"model": ErrorBody, "description": "the store's webhook rate limit (Retry-After)"},
     503: {"model": ErrorBody, "description": "the broker did not acknowledge the events"},
 }
 
@@ -115,6 +116,25 @@ class WebhookAccepted(BaseModel):
     reason: str | None = None
     skipped: list[str] = []
     test: bool = False
+
+
+class Duplicate(BaseModel):
+    duplicate: bool
+
+
+class Ping(BaseModel):
+    ping: bool
+
+
+def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """``openapi_extra`` documenting a raw (signed) JSON request body the route reads itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
 
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -482,7 +502,13 @@ def _shopify(
     return answer
 
 
-@router.post("/shopify", status_code=202, response_model=WebhookAccepted, responses=ERRORS)
+@router.post(
+    "/shopify",
+    status_code=202,
+    response_model=WebhookAccepted,
+    responses={**ERRORS, 200: {"model": Duplicate, "description": "a delivery seen before"}},
+    openapi_extra=json_body({"type": "object"}, "the Shopify payload, signed as sent"),
+)
 async def shopify_webhook(
     request: Request,
     store_id: StorePath,
@@ -526,7 +552,13 @@ def _woocommerce(
     return _accept(request, result)
 
 
-@router.post("/woocommerce", status_code=202, response_model=WebhookAccepted, responses=ERRORS)
+@router.post(
+    "/woocommerce",
+    status_code=202,
+    response_model=WebhookAccepted,
+    responses={**ERRORS, 200: {"model": Ping, "description": "the unsigned set-up ping"}},
+    openapi_extra=json_body({"type": "object"}, "the WooCommerce payload, signed as sent"),
+)
 async def woocommerce_webhook(
     request: Request,
     store_id: StorePath,
@@ -578,7 +610,27 @@ def _generic(request: Request, store_id: str, raw: bytes, signature: str | None)
     return _accept(request, result)
 
 
-@router.post("/events", status_code=202, response_model=WebhookAccepted, responses=ERRORS)
+@router.post(
+    "/events",
+    status_code=202,
+    response_model=WebhookAccepted,
+    responses=ERRORS,
+    openapi_extra=json_body(
+        {
+            "type": "object",
+            "required": ["events"],
+            "properties": {
+                "events": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH_EVENTS,
+                    "items": {"type": "object"},
+                }
+            },
+        },
+        "canonical events of this store (engine/events.py), all or none",
+    ),
+)
 async def events_webhook(
     request: Request,
     store_id: StorePath,

@@ -71,6 +71,8 @@ __all__ = [
     "parse_money",
     "parse_utc",
     "sign_generic",
+    "sign_shopify",
+    "sign_woocommerce",
     "verify_generic",
     "verify_shopify",
     "verify_woocommerce",
@@ -346,6 +348,8 @@ from api.webhooks.amazon import normalize_amazon  # noqa: E402
 from api.webhooks.shopify import normalize_shopify  # noqa: E402
 from api.webhooks.signing import (  # noqa: E402
     sign_generic,
+    sign_shopify,
+    sign_woocommerce,
     verify_generic,
     verify_shopify,
     verify_woocommerce,

@@ -47,6 +47,8 @@ __all__ = [
     "SHOPIFY_EVENTS_SIGNATURE_HEADER",
     "WOOCOMMERCE_SIGNATURE_HEADER",
     "sign_generic",
+    "sign_shopify",
+    "sign_woocommerce",
     "verify_generic",
     "verify_shopify",
     "verify_woocommerce",
@@ -122,6 +124,26 @@ def verify_woocommerce(
     if decode_secret:
         keys = [wp_specialchars_decode(k) for k in keys]
     return _verify_b64(raw_body, header_b64, keys)
+
+
+def sign_shopify(body: bytes, secret: str) -> str:
+    """The ``X-Shopify-Hmac-Sha256`` value Shopify would send for ``body``.
+
+    >>> sign_shopify(b'{"a":1}', "secret")
+    'qp4uNXX11wmLbKzNeQiIw21f22M0KnO62i1qUXR6hJQ='
+    """
+    if not secret:
+        raise ValueError("refusing to sign with an empty secret")
+    return base64.b64encode(_digest(secret, body)).decode("ascii")
+
+
+def sign_woocommerce(body: bytes, secret: str) -> str:
+    """The ``X-WC-Webhook-Signature`` WooCommerce would send (key: the decoded secret).
+
+    >>> verify_woocommerce(b"{}", sign_woocommerce(b"{}", "a&amp;b"), "a&amp;b")
+    True
+    """
+    return sign_shopify(body, wp_specialchars_decode(secret))
 
 
 def sign_generic(body: bytes, secret: str) -> str:
