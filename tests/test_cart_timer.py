@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import recall_events
 from bytewax.testing import TestingSink, TestingSource, run_main
+from recall_events import contactable
 
 from engine.customers import KeyGroupCustomers, StageConfig
 from engine.events import BrowseEvent, CustomerProfileEvent, OrderEvent, encode_event
@@ -40,29 +42,11 @@ NEXT_MORNING = datetime(2026, 1, 13, 8, 0, tzinfo=UTC)
 
 
 def profile(customer: str) -> CustomerProfileEvent:
-    return CustomerProfileEvent(
-        type="customer_profile",
-        event_id=f"p-{customer}",
-        store_id=STORE,
-        customer_id=customer,
-        occurred_at=CART - timedelta(days=20),
-        country="DE",
-        timezone="Europe/Berlin",
-        consent={"email": True},
-    )
+    return contactable(STORE, customer, CART - timedelta(days=20))
 
 
 def order(customer: str, at: datetime, n: int = 0) -> OrderEvent:
-    return OrderEvent(
-        type="order_created",
-        event_id=f"o-{customer}-{n}",
-        store_id=STORE,
-        customer_id=customer,
-        occurred_at=at,
-        order_id=f"{customer}-{n}",
-        amount="30.00",
-        currency="EUR",
-    )
+    return recall_events.order(STORE, customer, n, at, "30.00", "EUR")
 
 
 def browse(customer: str, kind: str, at: datetime) -> BrowseEvent:

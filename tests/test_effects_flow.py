@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import recall_events
 import redis
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.testing import TestingSink, TestingSource, run_main
 from fastapi.testclient import TestClient
+from recall_events import contactable
 
 from api.keys import create_key
 from api.main import create_app
@@ -130,30 +132,11 @@ class Stream:
 
 
 def profile(customer: str) -> CustomerProfileEvent:
-    return CustomerProfileEvent(
-        type="customer_profile",
-        event_id=f"p-{customer}",
-        store_id=STORE,
-        customer_id=customer,
-        occurred_at=at(BASE),
-        country="DE",
-        timezone="Europe/Berlin",
-        first_name=customer.upper(),
-        consent={"email": True},
-    )
+    return contactable(STORE, customer, at(BASE), first_name=customer.upper())
 
 
 def order(customer: str, n: int, ts: int, amount: str) -> OrderEvent:
-    return OrderEvent(
-        type="order_created",
-        event_id=f"o-{customer}-{n}",
-        store_id=STORE,
-        customer_id=customer,
-        occurred_at=at(ts),
-        order_id=f"{customer}-{n}",
-        amount=Decimal(amount),
-        currency="USD",
-    )
+    return recall_events.order(STORE, customer, n, at(ts), amount)
 
 
 def message(kind: str, customer: str, key: str, ts: int, row: RowKey, pct: int) -> MessageEvent:
