@@ -292,3 +292,18 @@ def test_shopify_shop_redact_erases_every_customer_of_the_store(
     # the store's keys still work for the operator; the export is empty now
     gone = api.get(f"/v1/stores/{STORE}/customers/c1/export", headers=seeded["admin"])
     assert gone.json()["holds_data"] is False
+
+
+@needs_shared
+def test_shopify_data_request_is_logged_by_id_without_contact_details(
+    api: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = (REDACT / "customers_data_request.json").read_bytes()
+    url = f"/v1/stores/{STORE}/webhooks/shopify"
+    with caplog.at_level("INFO", logger="api.routes.webhooks"):
+        answer = api.post(
+            url, content=body, headers=shopify_headers(body, "customers/data_request", "d-1")
+        )
+    assert answer.status_code == 202 and answer.json()["accepted"] == 0
+    assert "customer=191167 data_request=9999" in caplog.text
+    assert "john@example.com" not in caplog.text and "555-625-1199" not in caplog.text
