@@ -238,6 +238,13 @@ def test_export_holds_everything_of_the_customer_and_nothing_else(
 REDACT = SHARED / "shopify" / "docs_sample_2026-04"
 
 
+def post_shopify(api: TestClient, name: str, topic: str) -> Any:
+    """A signed delivery of one of the shared GDPR payloads."""
+    body = (REDACT / name).read_bytes()
+    headers = shopify_headers(body, topic, f"{topic}-{name}")
+    return api.post(f"/v1/stores/{STORE}/webhooks/shopify", content=body, headers=headers)
+
+
 @needs_shared
 def test_shopify_customers_redact_erases_the_customer_and_the_guest_key(
     api: TestClient, settings: Settings, redis_client: redis.Redis, seeded: dict
@@ -249,9 +256,7 @@ def test_shopify_customers_redact_erases_the_customer_and_the_guest_key(
         give_everything(redis_client, prefix, STORE, customer)
     kept = customer_data(redis_client, prefix, STORE, "c1")
 
-    body = (REDACT / "customers_redact.json").read_bytes()
-    url = f"/v1/stores/{STORE}/webhooks/shopify"
-    answer = api.post(url, content=body, headers=shopify_headers(body, "customers/redact", "r-1"))
+    answer = post_shopify(api, "customers_redact.json", "customers/redact")
     assert answer.status_code == 202, answer.text
     assert answer.json()["accepted"] == 2
 
@@ -274,9 +279,7 @@ def test_shopify_shop_redact_erases_every_customer_of_the_store(
     other_keys = sorted(redis_client.scan_iter(f"{prefix}:{{{OTHER}}}:*"))
     other_data = customer_data(redis_client, prefix, OTHER, "c1")
 
-    body = (REDACT / "shop_redact.json").read_bytes()
-    url = f"/v1/stores/{STORE}/webhooks/shopify"
-    answer = api.post(url, content=body, headers=shopify_headers(body, "shop/redact", "s-1"))
+    answer = post_shopify(api, "shop_redact.json", "shop/redact")
     assert answer.status_code == 202, answer.text
     assert answer.json()["accepted"] == 3
     assert "3 customers erased" in answer.json()["reason"]
@@ -298,12 +301,8 @@ def test_shopify_shop_redact_erases_every_customer_of_the_store(
 def test_shopify_data_request_is_logged_by_id_without_contact_details(
     api: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    body = (REDACT / "customers_data_request.json").read_bytes()
-    url = f"/v1/stores/{STORE}/webhooks/shopify"
     with caplog.at_level("INFO", logger="api.routes.webhooks"):
-        answer = api.post(
-            url, content=body, headers=shopify_headers(body, "customers/data_request", "d-1")
-        )
+        answer = post_shopify(api, "customers_data_request.json", "customers/data_request")
     assert answer.status_code == 202 and answer.json()["accepted"] == 0
     assert "customer=191167 data_request=9999" in caplog.text
     assert "john@example.com" not in caplog.text and "555-625-1199" not in caplog.text

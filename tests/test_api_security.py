@@ -99,17 +99,21 @@ def fill(path: str, **values: str) -> str:
     return out
 
 
+def with_limits(settings: Settings, rate: float, burst: int) -> Settings:
+    """The same settings with one rate and burst for API keys and webhooks."""
+    limits = ("rate_limit", "webhook_rate_limit")
+    return settings.model_copy(
+        update={
+            **{f"{name}_per_s": rate for name in limits},
+            **{f"{name}_burst": burst for name in limits},
+        }
+    )
+
+
 @pytest.fixture()
 def roomy(settings: Settings, redis_client: redis.Redis) -> Iterator[tuple[TestClient, str]]:
     """An app whose rate limits stay out of the way, and an admin key of the store."""
-    relaxed = settings.model_copy(
-        update={
-            "rate_limit_per_s": 10_000.0,
-            "rate_limit_burst": 10_000,
-            "webhook_rate_limit_per_s": 10_000.0,
-            "webhook_rate_limit_burst": 10_000,
-        }
-    )
+    relaxed = with_limits(settings, rate=10_000.0, burst=10_000)
     admin = create_key(redis_client, settings.key_prefix, STORE, ("admin",))
     with make_client(relaxed, redis_client) as client:
         yield client, admin
@@ -121,14 +125,7 @@ def roomy(settings: Settings, redis_client: redis.Redis) -> Iterator[tuple[TestC
 def test_rate_limit_answers_429_with_retry_after_then_recovers(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
-    tight = settings.model_copy(
-        update={
-            "rate_limit_per_s": 1.0,
-            "rate_limit_burst": 2,
-            "webhook_rate_limit_per_s": 1.0,
-            "webhook_rate_limit_burst": 2,
-        }
-    )
+    tight = with_limits(settings, rate=1.0, burst=2)
     prefix = settings.key_prefix
     own = {"Authorization": f"Bearer {create_key(redis_client, prefix, STORE)}"}
     other = {"Authorization": f"Bearer {create_key(redis_client, prefix, STORE)}"}

@@ -341,14 +341,7 @@ def redact_store(request: Request, store_id: str, source: str) -> tuple[list[str
     customers = store_customer_ids(client, prefix, store_id)
     for start in range(0, len(customers), PRODUCE_CHUNK):
         events: list[Event] = [
-            EraseRequest(
-                type="erase_request",
-                event_id=f"{source}:shop-redact:{customer}:erase_request",
-                store_id=store_id,
-                customer_id=customer,
-                occurred_at=when,
-                source=source,
-            )
+            erase_event(store_id, customer, f"{source}:shop-redact:{customer}", when, source)
             for customer in customers[start : start + PRODUCE_CHUNK]
         ]
         produce_events(request, events)
@@ -432,17 +425,24 @@ class EraseAccepted(BaseModel):
     """What was deleted from Redis: profile, segments, contacts, stream_entries, records."""
 
 
-def erase_request_event(
-    client: redis.Redis, settings: Settings, store_id: str, customer_id: str, source: str
+def erase_event(
+    store_id: str, customer_id: str, event_id: str, when: datetime, source: str
 ) -> EraseRequest:
     return EraseRequest(
         type="erase_request",
-        event_id=f"{source}:erase:{uuid.uuid4().hex}",
+        event_id=event_id,
         store_id=store_id,
         customer_id=customer_id,
-        occurred_at=erase_time(client, settings, store_id, customer_id),
+        occurred_at=when,
         source=source,
     )
+
+
+def erase_request_event(
+    client: redis.Redis, settings: Settings, store_id: str, customer_id: str, source: str
+) -> EraseRequest:
+    when = erase_time(client, settings, store_id, customer_id)
+    return erase_event(store_id, customer_id, f"{source}:erase:{uuid.uuid4().hex}", when, source)
 
 
 def _erase(request: Request, store_id: str, customer_id: str) -> JSONResponse:
