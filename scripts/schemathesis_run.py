@@ -152,7 +152,8 @@ def seed_store(client: redis.Redis, prefix: str, customers: int = 20) -> dict[st
 
 
 def schemathesis_config() -> str:
-    """The store fixed in every path; seeded ids, segments and real topics half the time."""
+    """The store fixed in every path (and mostly in batch events); seeded ids, segments and
+    real topics half the time."""
     customers = ", ".join(f'"c{n}"' for n in range(20))
     topics = '"orders/create", "customers/redact", "checkouts/update", "refunds/create"'
     return f"""
@@ -162,12 +163,15 @@ values = [{customers}]
 values = ["new", "active", "silent", "churned", "returned"]
 [dictionaries.shopify_topics]
 values = [{topics}]
+[dictionaries.stores]
+values = ["{STORE}"]
 
 [parameters]
 "path.store_id" = "{STORE}"
 "path.customer_id" = {{ dictionary = "customers", probability = 0.5 }}
 "path.segment" = {{ dictionary = "segments", probability = 0.5 }}
 "header.x-shopify-topic" = {{ dictionary = "shopify_topics", probability = 0.5 }}
+"body.events[*].store_id" = {{ dictionary = "stores", probability = 0.9 }}
 """
 
 

@@ -61,7 +61,7 @@ from confluent_kafka import KafkaException, Producer
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from api.errors import ApiError, ErrorBody
 from api.ratelimit import enforce, webhook_bucket
@@ -126,6 +126,36 @@ class Duplicate(BaseModel):
 
 class Ping(BaseModel):
     ping: bool
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` inlined (OpenAPI resolves ``$ref`` from the
+    document root, where ``#/$defs`` does not exist); discriminator mappings dropped.
+
+    >>> inline_refs({"$defs": {"A": {"type": "integer"}}, "items": {"$ref": "#/$defs/A"}})
+    {'items': {'type': 'integer'}}
+    """
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+        return {
+            key: walk(value)
+            for key, value in node.items()
+            if key != "$defs" and not (key == "discriminator" and isinstance(value, dict))
+        }
+
+    inlined: dict[str, Any] = walk(schema)
+    return inlined
+
+
+EVENT_SCHEMA = inline_refs(TypeAdapter(Event).json_schema())
+"""One canonical event (:mod:`engine.events`), for the batch route's documented body."""
 
 
 def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -641,7 +671,7 @@ def _generic(request: Request, store_id: str, raw: bytes, signature: str | None)
                     "type": "array",
                     "minItems": 1,
                     "maxItems": MAX_BATCH_EVENTS,
-                    "items": {"type": "object"},
+                    "items": EVENT_SCHEMA,
                 }
             },
         },
