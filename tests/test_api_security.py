@@ -125,7 +125,7 @@ def roomy(settings: Settings, redis_client: redis.Redis) -> Iterator[tuple[TestC
 def test_rate_limit_answers_429_with_retry_after_then_recovers(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
-    tight = with_limits(settings, rate=1.0, burst=2)
+    tight = with_limits(settings, rate=0.5, burst=2)  # a token every 2 s
     prefix = settings.key_prefix
     own = {"Authorization": f"Bearer {create_key(redis_client, prefix, STORE)}"}
     other = {"Authorization": f"Bearer {create_key(redis_client, prefix, STORE)}"}
