@@ -157,6 +157,10 @@ class KeyGroupCustomers:
     """The event-time day (watermark // DAY) of the last published aggregates."""
     cart_checks: dict[str, float] = field(default_factory=dict)
     """Customer key → time of its pending cart check."""
+    _history_cache: dict[str, tuple[int | None, list[dict[str, Any]]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """Per store: the lifecycle history rows as of ``lifecycle.open_week`` (not pickled)."""
 
     def __post_init__(self) -> None:
         self.watermark = Watermark(self.config.allowed_lateness_s)
@@ -167,6 +171,15 @@ class KeyGroupCustomers:
     def snapshot(self) -> bytes:
         """An immutable copy of the whole group, cheap to take (one pickle)."""
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_history_cache", None)  # derived; rebuilt on demand
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._history_cache = {}
 
     @staticmethod
     def restore(blob: bytes) -> KeyGroupCustomers:
@@ -361,7 +374,7 @@ class KeyGroupCustomers:
             return []
         record.pending_t0.append(t0)
         record.pending_answer.append(math.nan)
-        record.pending_features.extend(features[name] for name in FEATURE_NAMES)
+        record.pending_features.extend(features.values())  # in FEATURE_NAMES order
         self.timers.push(t0 + self.config.horizon_s, "label", key, t0)
         self.counters["points_created"] += 1
         return []
@@ -373,7 +386,7 @@ class KeyGroupCustomers:
         values = flat[index * width : (index + 1) * width]
         store_id, customer_id = key.split(SEP, 1)
         self.counters["labels_1" if y else "labels_0"] += 1
-        features = {name: float(v) for name, v in zip(FEATURE_NAMES, values, strict=True)}
+        features = dict(zip(FEATURE_NAMES, values.tolist(), strict=True))
         return Example(store_id, customer_id, t0, features, y, resolved_at)
 
     def _resolve(self, key: str, record: CustomerRecord, t0: float, at: float) -> list[Any]:
@@ -457,12 +470,26 @@ class KeyGroupCustomers:
                 self.group_id,
                 store_id,
                 self.cohorts.as_dict(store_id),
-                self.lifecycle.history(store_id),
+                self._lifecycle_history(store_id),
             )
             for store_id in sorted(stores)
         ]
         out.append(self.counters_message())
         return out
+
+    def _lifecycle_history(self, store_id: str) -> list[dict[str, Any]]:
+        """``lifecycle.history(store_id)``, rebuilt only when a week has closed since.
+
+        The recorded weeks change only in ``close_weeks_before``, which moves
+        ``open_week``; in between the rows are the same, and a replay publishes
+        them once per key group and event-time day. Each call returns a new list
+        of shared row dicts (never mutated).
+        """
+        open_week = self.lifecycle.open_week
+        cached = self._history_cache.get(store_id)
+        if cached is None or cached[0] != open_week:
+            cached = self._history_cache[store_id] = (open_week, self.lifecycle.history(store_id))
+        return list(cached[1])
 
     def counters_message(self) -> StageCounters:
         counts = dict(self.counters)

@@ -173,6 +173,7 @@ class CustomerState:
         "_consent_granted",
         "_lww",
         "gap_cache",
+        "profile_cache",
     )
 
     def __init__(self) -> None:
@@ -212,6 +213,9 @@ class CustomerState:
         # (mean, std) of the gaps in days, filled by engine.features.vector,
         # reset by every order; not pickled.
         self.gap_cache: tuple[float, float] | None = None
+        # engine.features.vector.profile_attributes, reset when a profile field or a
+        # consent changes; not pickled.
+        self.profile_cache: dict[str, str | bool | None] | None = None
 
     # -- public read-only view ------------------------------------------------
 
@@ -414,7 +418,9 @@ class CustomerState:
         old_ts = lww[index]
         if ts > old_ts or (ts == old_ts and value > (getattr(self, attr) or "")):
             lww[index] = ts
-            setattr(self, attr, value)
+            if getattr(self, attr) != value:
+                setattr(self, attr, value)
+                self.profile_cache = None
 
     def _set_consent(self, channel: str, granted: bool, ts: float) -> None:
         lww = self._lww_times()
@@ -423,6 +429,7 @@ class CustomerState:
         old_ts = lww[index]
         if ts > old_ts or (ts == old_ts and not granted):
             lww[index] = ts
+            self.profile_cache = None
             self._consent_known |= bit
             if granted:
                 self._consent_granted |= bit
@@ -537,6 +544,7 @@ class CustomerState:
         self._unsubscribed = _floats(unsubscribed)
         self._lww = None if lww is None else _floats(lww)
         self.gap_cache = None
+        self.profile_cache = None
 
     def __repr__(self) -> str:
         return (

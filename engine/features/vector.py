@@ -248,10 +248,20 @@ def profile_attributes(state: CustomerState) -> dict[str, str | bool | None]:
     """The categorical profile, flat: country, source, timezone, locale,
     first_name and ``consent_<channel>`` (True/False, None when unknown).
 
+    Built once per change of the profile and then shared (``state.profile_cache``):
+    callers must not modify it.
+
     >>> attrs = profile_attributes(CustomerState())
     >>> attrs["country"], attrs["consent_email"]
     (None, None)
     """
+    cached = state.profile_cache
+    if cached is None:
+        cached = state.profile_cache = _profile_attributes(state)
+    return cached
+
+
+def _profile_attributes(state: CustomerState) -> dict[str, str | bool | None]:
     out: dict[str, str | bool | None] = {
         "country": state.country,
         "source": state.source,

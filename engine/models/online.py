@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,23 @@ def model_inputs(features: dict[str, float]) -> dict[str, float]:
     {'order_count': 0.0, 'spend_total_base': 1.0}
     """
     return {name: math.log1p(value) if value > 0 else 0.0 for name, value in features.items()}
+
+
+def _rows(batch: list[dict[str, float]], names: list[str]) -> list[Any]:
+    """The batch as rows of values in ``names`` order (0.0 where a name is missing).
+
+    >>> _rows([{"b": 2.0, "a": 1.0}, {"b": 4.0, "a": 3.0}], ["a", "b"])
+    [(1.0, 2.0), (3.0, 4.0)]
+    >>> _rows([{"b": 2.0, "a": 1.0}, {"a": 3.0}], ["a", "b"])
+    [[1.0, 2.0], [3.0, 0.0]]
+    """
+    if len(names) > 1:
+        values = itemgetter(*names)
+        try:
+            return [values(x) for x in batch]  # the usual case: every vector is complete
+        except KeyError:
+            pass
+    return [[x.get(n, 0.0) for n in names] for x in batch]
 
 
 MODEL_KINDS = ("logreg", "hoeffding_tree", "bagging")
@@ -110,12 +128,16 @@ class ChurnModel:
 
     def learn(self, features: dict[str, float], y: int) -> float:
         """Score the example first (progressive validation), then learn it."""
-        p = self.predict(features)
+        inputs = model_inputs(features)  # read, never modified, by both calls below
+        if self.warm:
+            p = float(self.pipeline.predict_proba_one(inputs).get(True, 0.0))
+        else:
+            p = self.prior(features)
         self.metrics.update(y, p)
         self.drift.update(self.metrics.last_log_loss)
         if self.drift.drift_detected:
             self.drifts_detected += 1
-        self.pipeline.learn_one(model_inputs(features), bool(y))
+        self.pipeline.learn_one(inputs, bool(y))
         self.learned += 1
         return p
 
@@ -132,10 +154,11 @@ class ChurnModel:
         scaler: preprocessing.StandardScaler = self.pipeline["StandardScaler"]
         lr: linear_model.LogisticRegression = self.pipeline["LogisticRegression"]
         names = sorted(batch[0])
-        means = np.array([scaler.means.get(n, 0.0) for n in names])
-        stds = np.sqrt(np.array([scaler.vars.get(n, 0.0) for n in names]))
-        weights = np.array([lr.weights.get(n, 0.0) for n in names])
-        raw = np.array([[x.get(n, 0.0) for n in names] for x in batch])
+        scaler_means, scaler_vars, lr_weights = scaler.means, scaler.vars, lr.weights
+        means = np.array([scaler_means.get(n, 0.0) for n in names])
+        stds = np.sqrt(np.array([scaler_vars.get(n, 0.0) for n in names]))
+        weights = np.array([lr_weights.get(n, 0.0) for n in names])
+        raw = np.array(_rows(batch, names))
         logged = np.log1p(np.maximum(raw, 0.0))
         with np.errstate(divide="ignore", invalid="ignore"):
             scaled = np.where(stds > 0, (logged - means) / stds, 0.0)
@@ -143,11 +166,12 @@ class ChurnModel:
         logits = contributions.sum(axis=1) + lr.intercept
         probabilities = 1.0 / (1.0 + np.exp(-np.clip(logits, -35, 35)))
         k = min(top_reasons, len(names))
-        top = np.argpartition(-np.abs(contributions), k - 1, axis=1)[:, :k]
+        top = np.argpartition(-np.abs(contributions), k - 1, axis=1)[:, :k].tolist()
+        rows = contributions.tolist()  # Python floats, equal to float() of each entry
         results = []
-        for row, x in enumerate(batch):
-            contrib = {names[j]: float(contributions[row, j]) for j in top[row]}
-            results.append((float(probabilities[row]), describe_reasons(x, contrib, top_reasons)))
+        for x, p, row, best in zip(batch, probabilities.tolist(), rows, top, strict=True):
+            contrib = {names[j]: row[j] for j in best}
+            results.append((p, describe_reasons(x, contrib, top_reasons)))
         return results
 
     def status(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 
@@ -58,18 +59,34 @@ def _windowed(name: str, value: float) -> str | None:
     >>> _windowed("spend_decayed_30d_halflife", 12.5)
     'recent spend 12.50 (30-day half-life)'
     """
+    form = _windowed_form(name)
+    if form is None:
+        return None
+    decayed, what, span = form
+    if decayed:
+        amount = f"{value:,.2f}" if what == "spend" else f"{value:.1f}"
+        return f"recent {what} {amount} ({span}-day half-life)"
+    return f"{_plural(round(value), what)} in the last {span}"
+
+
+@cache
+def _windowed_form(name: str) -> tuple[bool, str, str] | None:
+    """What ``_windowed`` reads from a feature name: (decayed, noun, span); parsed once.
+
+    >>> _windowed_form("orders_decayed_7d_halflife"), _windowed_form("cart_adds_30d")
+    ((True, 'orders', '7'), (False, 'cart add', '30 days'))
+    """
     if "_decayed_" in name:
         what, rest = name.split("_decayed_")
         days = rest.removesuffix("_halflife").removesuffix("d")
-        amount = f"{value:,.2f}" if what == "spend" else f"{value:.1f}"
-        return f"recent {'spend' if what == 'spend' else 'orders'} {amount} ({days}-day half-life)"
+        return True, "spend" if what == "spend" else "orders", days
     stem, _, window = name.rpartition("_")
     if window not in _WINDOWS or not stem:
         return None
     noun = {"orders": "order", "product_views": "product view", "cart_adds": "cart add"}.get(
         stem, stem.replace("_", " ").removesuffix("s")
     )
-    return f"{_plural(round(value), noun)} in the last {_WINDOWS[window]}"
+    return False, noun, _WINDOWS[window]
 
 
 def _phrase(name: str, x: dict[str, float]) -> str:
