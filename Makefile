@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint unit bench redis-server chromium clean
+.PHONY: demo test lint unit bench redis-server chromium wrk clean
 
 $(VENV)/.installed: pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,17 @@ lint: $(VENV)/.installed
 test: $(VENV)/.installed redis-server chromium lint
 	$(PY) -m pytest
 
-bench: $(VENV)/.installed redis-server
-	$(PY) bench/quality.py
+# wrk and redis-benchmark for bench/api_lookup.py (Debian's wrk and redis-tools);
+# without them `make bench` still runs the rest and reports the API figures as n/a.
+wrk:
+	@(command -v wrk >/dev/null && command -v redis-benchmark >/dev/null) \
+	  || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk redis-tools) \
+	  || echo "wrk/redis-benchmark could not be installed: the API lookup figures will be n/a"
+
+# The benchmark suite (bench/run_all.py): one line per figure, then BENCHMARKS.md's
+# generated block. `make bench BENCH_ARGS=--quick` for small sizes (minutes).
+bench: $(VENV)/.installed redis-server wrk
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
