@@ -76,6 +76,8 @@ MESSAGE_TYPES = frozenset(
 StoreId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 CustomerId = Annotated[str, Field(min_length=1, max_length=128)]
 Money = Annotated[Decimal, Field(allow_inf_nan=False, max_digits=18, decimal_places=6)]
+# Counts fit the wire format: orjson refuses integers beyond 64 bits.
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class EventDecodeError(ChurnflowError):
@@ -114,7 +116,7 @@ class LineItem(BaseModel):
 
     sku: Annotated[str, Field(max_length=128)] | None = None
     category: Annotated[str, Field(max_length=128)] | None = None
-    quantity: Annotated[int, Field(ge=0)] = 1
+    quantity: Count = 1
     price: Money = Decimal(0)
     discount_code: Annotated[str, Field(max_length=64)] | None = None
 
@@ -159,7 +161,7 @@ class BrowseEvent(_EventBase):
     sku: Annotated[str, Field(max_length=128)] | None = None
     category: Annotated[str, Field(max_length=128)] | None = None
     query: Annotated[str, Field(max_length=512)] | None = None
-    quantity: Annotated[int, Field(ge=0)] = 1
+    quantity: Count = 1
     value: Money | None = None
     currency: Annotated[str, Field(min_length=3, max_length=3)] | None = None
 
@@ -179,7 +181,7 @@ class MessageEvent(_EventBase):
     channel: Channel
     message_id: Annotated[str, Field(max_length=200)] | None = None
     rule_id: Annotated[str, Field(max_length=128)] | None = None
-    step: Annotated[int, Field(ge=0)] | None = None
+    step: Count | None = None
     """The rule's step (0-based) of a recall message."""
     variant: Annotated[str, Field(max_length=64)] | None = None
     """The A/B arm of a recall message, if its rule runs an experiment."""
