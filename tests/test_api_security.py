@@ -332,6 +332,20 @@ TEMPLATES: list[Any] = [
     {"customer_ids": ["a", "b"]},
     {"events": [canonical("g1")]},
     {
+        "events": [
+            {**canonical("g2"), "line_items": [{"sku": "s", "quantity": 2, "price": "1.00"}]},
+            {
+                "type": "message_sent",
+                "event_id": "m1",
+                "store_id": STORE,
+                "customer_id": "g3",
+                "occurred_at": "2026-11-01T09:30:00Z",
+                "channel": "sms",
+                "step": 1,
+            },
+        ]
+    },
+    {
         "id": 820982911946154508,
         "email": "a@b.c",
         "total_price": "1.00",
@@ -482,3 +496,28 @@ def test_shopify_dedup_marker_is_pending_until_the_broker_acks(
     again = api.post(url, content=body, headers=headers)
     assert again.status_code == 200 and again.json() == {"duplicate": True}
     assert len(produced(api, settings)) == 1
+
+
+def test_integers_beyond_64_bits_in_a_signed_batch_are_400_not_500(
+    roomy: tuple[TestClient, str], settings: Settings
+) -> None:
+    """Found by Schemathesis: a ``step`` of 10**36 passed validation, then orjson could not
+    encode the event and the route answered 500."""
+    api, admin = roomy
+    event = {
+        "type": "message_sent",
+        "event_id": "big-step",
+        "store_id": STORE,
+        "customer_id": "c1",
+        "occurred_at": "2026-02-24T23:55:50Z",
+        "channel": "sms",
+        "step": 10**36,
+    }
+    raw = json.dumps({"events": [event]}).encode()
+    answer = api.post(
+        f"/v1/stores/{STORE}/webhooks/events", content=raw, headers=signed_headers(raw, admin)
+    )
+    assert answer.status_code == 400, answer.text
+    assert "step" in answer.json()["error"]["message"]
+    (letter,) = read_topic(settings, settings.dead_letter_topic, expected=1)
+    assert letter.value() == raw
