@@ -207,7 +207,7 @@ def schemathesis_command(base: str, key: str, config: Path, args: argparse.Names
         "--report",
         "junit",
         "--report-dir",
-        str(args.report_dir),
+        str((args.work_dir / "report").resolve()),
     ]
     if args.seed is not None:
         command += ["--seed", str(args.seed)]
@@ -218,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-examples", type=int, default=100, help="per operation")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--report-dir", type=Path, default=Path("schemathesis-report"))
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(".run/schemathesis"),
+        help="where Schemathesis keeps its reports and failure database (replayed next time)",
+    )
     args = parser.parse_args(argv)
 
     run_dir = Path(tempfile.mkdtemp(prefix="churnflow-schemathesis-"))
@@ -254,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             "SCHEMATHESIS_HOOKS": Path(__file__).stem,
             "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path]),
         }
-        return subprocess.call(schemathesis_command(base, key, config, args), env=env)
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        command = schemathesis_command(base, key, config, args)
+        return subprocess.call(command, env=env, cwd=args.work_dir)
     finally:
         if api is not None:
             api.terminate()
