@@ -212,6 +212,8 @@ def render_block(figures: dict[str, Figure], failures: dict[str, str], meta: dic
         elif name in HEADLINE:
             rows.append(f"| `{name}` | n/a | | |")
     notes = [f"- step `{step}`: {why}" for step, why in failures.items()]
+    if meta.get("note"):
+        notes.append(f"- {meta['note']}")
     return "\n".join(
         [
             BEGIN,
@@ -248,9 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
     parser.add_argument("--no-update", action="store_true", help="leave BENCHMARKS.md alone")
     parser.add_argument("--skip", nargs="*", default=[], metavar="STEP")
+    parser.add_argument("--note", default="", help="a line for the block (what else ran)")
     args = parser.parse_args(argv)
     started, began = datetime.now(UTC), time.monotonic()
-    load_start = loadavg()
+    load_start, commit = loadavg(), git_commit()
     figures: dict[str, Figure] = {}
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="cf-bench-") as tmp:
@@ -274,10 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": command,
             "started": started.strftime("%Y-%m-%d %H:%M UTC"),
             "took": f"{(time.monotonic() - began) / 60:.1f} min",
-            "commit": git_commit(),
+            "commit": commit,
             "nproc": str(os.cpu_count() or 0),
             "load_start": load_start,
             "load_end": loadavg(),
+            "note": args.note,
         }
         update_benchmarks(render_block(figures, failures, meta))
         print(f"# BENCHMARKS.md updated ({BENCHMARKS})", file=sys.stderr)
