@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -420,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-recovery", dest="recovery", action="store_false")
     parser.add_argument("--skip-plain", action="store_true")
     args = parser.parse_args(argv)
+    # stopped with SIGTERM (or SIGINT in a background job): still stop what we started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     emit("date", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "utc")
     emit("nproc", os.cpu_count() or 0, "cpus")
