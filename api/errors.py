@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import redis
 from fastapi import FastAPI, Request
@@ -10,6 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, compile_path
+
+from api.routes import app_routes
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,26 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+
+
+def allowed_methods(routes: Iterable[BaseRoute], path: str) -> list[str]:
+    """Every method some route serves at ``path`` (routers split one path's methods, and
+    Starlette's ``Allow`` names only the first router's).
+
+    >>> from fastapi import APIRouter, FastAPI
+    >>> app, one, two = FastAPI(), APIRouter(), APIRouter()
+    >>> _ = one.delete("/c/{cid}")(lambda cid: 1)
+    >>> _ = two.get("/c/{cid}")(lambda cid: 1)
+    >>> app.include_router(one); app.include_router(two)
+    >>> allowed_methods(app.routes, "/c/7")
+    ['DELETE', 'GET', 'HEAD']
+    """
+    methods: set[str] = set()
+    for served in app_routes(routes):
+        regex, _, _ = compile_path(served.path)
+        if regex.match(path):
+            methods |= served.methods | ({"HEAD"} if "GET" in served.methods else set())
+    return sorted(methods)
 
 
 def _body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -64,8 +88,11 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app.routes, request.url.path))
         return JSONResponse(
-            _body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+            _body(code, str(exc.detail)), status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(redis.RedisError)

@@ -199,7 +199,7 @@ def schemathesis_command(base: str, key: str, config: Path, args: argparse.Names
         "--header",
         f"Authorization: Bearer {key}",
         "--checks",
-        ",".join(CHECKS),
+        args.checks,
         "--max-examples",
         str(args.max_examples),
         "--workers",
@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-examples", type=int, default=100, help="per operation")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--checks", default=",".join(CHECKS), help="Schemathesis' --checks")
     parser.add_argument(
         "--work-dir",
         type=Path,

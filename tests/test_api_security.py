@@ -521,3 +521,18 @@ def test_integers_beyond_64_bits_in_a_signed_batch_are_400_not_500(
     assert "step" in answer.json()["error"]["message"]
     (letter,) = read_topic(settings, settings.dead_letter_topic, expected=1)
     assert letter.value() == raw
+
+
+def test_405_allow_lists_every_method_served_at_the_path(roomy: tuple[TestClient, str]) -> None:
+    """Found by Schemathesis (``--checks all``): DELETE and GET of a customer live in two
+    routers, and the 405 for a third method said ``Allow: DELETE`` only."""
+    api, admin = roomy
+    served: dict[str, set[str]] = {}
+    for route in app_routes(api.app.routes):  # type: ignore[attr-defined]
+        served.setdefault(route.path, set()).update(route.methods)
+    for path, methods in served.items():
+        url = fill(path, store_id=STORE, customer_id="c1", segment="silent", name="x.js")
+        answer = api.request("PATCH", url, headers={"Authorization": f"Bearer {admin}"})
+        assert answer.status_code == 405, (path, answer.status_code)
+        allowed = set(answer.headers["Allow"].split(", "))
+        assert allowed == methods | ({"HEAD"} if "GET" in methods else set()), path
