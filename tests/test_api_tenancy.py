@@ -28,14 +28,14 @@ import pytest
 import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from test_api_routes import EVENTS_SECRET, SHOPIFY_SECRET, b64_hmac, canonical
+from test_api_routes import canonical
 
 from api.deps import ApiKeyDep
 from api.keys import create_key, revoke_key
 from api.main import create_app
 from api.routes import REQUIRED_SCOPE, ServedRoute, app_routes
 from api.webhook_secrets import PLATFORMS, set_secret
-from api.webhooks import sign_generic
+from api.webhooks import sign_generic, sign_shopify, sign_woocommerce
 from engine.connectors.redis_sink import customer_key, model_key, segment_key
 from engine.settings import Settings
 
@@ -175,10 +175,10 @@ def keyed_violations(api: TestClient, served: ServedRoute, method: str, keys: Ke
 def signed_violations(api: TestClient, served: ServedRoute, keys: Keys) -> list[str]:
     """A webhook of store B: API keys are no credential, store A's signature opens nothing."""
     raw = orjson.dumps({"events": [canonical("c1", store=STORE_B)]})
-    a_signed = {
-        "X-Churnflow-Signature": sign_generic(raw, f"{EVENTS_SECRET}-a"),
-        "X-Shopify-Hmac-Sha256": b64_hmac(f"{SHOPIFY_SECRET}-a", raw),
-        "X-WC-Webhook-Signature": b64_hmac("woo-a", raw),
+    a_signed = {  # signed with store A's real secrets
+        "X-Churnflow-Signature": sign_generic(raw, secret_of(STORE_A, "events")),
+        "X-Shopify-Hmac-Sha256": sign_shopify(raw, secret_of(STORE_A, "shopify")),
+        "X-WC-Webhook-Signature": sign_woocommerce(raw, secret_of(STORE_A, "woocommerce")),
         "X-Shopify-Topic": "orders/create",
         "X-WC-Webhook-Topic": "order.created",
     }
@@ -191,6 +191,10 @@ def signed_violations(api: TestClient, served: ServedRoute, keys: Keys) -> list[
         answer = api.post(fill(served.path, STORE_B), content=raw, headers=headers)
         if answer.status_code != 401:
             found.append(f"POST {served.path}: {label} got {answer.status_code}, not 401")
+    # the same signature opens store A's own webhook: the refusal above is about the store
+    own = api.post(fill(served.path, STORE_A), content=raw, headers=a_signed)
+    if own.status_code == 401:
+        found.append(f"POST {served.path}: store A's signature refused on store A")
     return found
 
 
@@ -216,6 +220,10 @@ def violations(api: TestClient, keys: Keys) -> tuple[list[str], int]:
 # ------------------------------------------------------------------ fixtures and tests
 
 
+def secret_of(store: str, platform: str) -> str:
+    return f"{store}-{platform}-secret"
+
+
 def seed_store_b(client: redis.Redis, prefix: str) -> None:
     doc = {
         "store_id": STORE_B,
@@ -235,8 +243,8 @@ def seed_store_b(client: redis.Redis, prefix: str) -> None:
     client.zadd(segment_key(prefix, STORE_B, "silent"), {"c1": 0.8})
     client.set(model_key(prefix, 0), orjson.dumps({"version": "v", "examples": 9}))
     for platform in PLATFORMS:  # store A has its own secrets; B's are different
-        set_secret(client, prefix, STORE_B, platform, f"b-{platform}-secret")
-        set_secret(client, prefix, STORE_A, platform, f"a-{platform}-secret")
+        for store in (STORE_A, STORE_B):
+            set_secret(client, prefix, store, platform, secret_of(store, platform))
 
 
 @pytest.fixture()
