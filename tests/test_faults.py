@@ -472,13 +472,17 @@ def post_until_accepted(state: Client, url: str, stop: threading.Event) -> None:
 
 
 def start_api(settings: Settings) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        api_command(settings),
-        env=child_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(settings.api_host, settings.api_port, proc, timeout_s=60.0)
+    """``churnflow api`` as a child; its output goes to ``run_dir/api.log``."""
+    log_path = settings.run_dir / "api.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            api_command(settings), env=child_env(settings), stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for_port(settings.api_host, settings.api_port, proc, timeout_s=60.0)
+    except Exception as exc:
+        raise AssertionError(f"the API did not start: {log_path.read_text()[-2000:]}") from exc
     return proc
 
 
