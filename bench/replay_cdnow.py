@@ -1,9 +1,12 @@
 """Wall time of the full CDNOW replay through ``build_flow``, and where it goes.
 
-    python bench/replay_cdnow.py [--profile]
+    python bench/replay_cdnow.py [--score-all] [--profile]
 
 Times ``run_replay(load_cdnow(), Settings(), until=None)``: all 69,659 CDNOW records,
-horizon 90 days, the whole dataflow (decode, customer stage, model learn + score).
+horizon 90 days, the whole dataflow (decode, customer stage, model learn + score), as
+``churnflow replay`` runs it: without rules only the final score requests are scored
+(nothing reads the others; ``replay_cdnow_scores_<cause>`` still counts every request).
+``--score-all`` scores every request, as the live dataflow and a replay with rules do.
 Loading the file is not timed (``replay_cdnow_cpu_s``: process CPU time of the replay,
 steadier than wall time on a shared machine); ``run_replay``'s own clock is used (it includes
 ``encode_event`` of every record, which runs lazily inside ``run_main``).
@@ -71,6 +74,7 @@ def _timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", action="store_true", help="cProfile top 10 to stderr")
+    parser.add_argument("--score-all", action="store_true", help="score every request")
     args = parser.parse_args(argv)
     settings = Settings()
 
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     emit("nproc", os.cpu_count() or 0, "cpus")
     emit("python", platform.python_version(), "version")
     emit("horizon_days", settings.horizon_days, "days")
+    emit("score_all", int(args.score_all), "bool")
     started = time.perf_counter()
     events = load_cdnow()
     emit("load_cdnow_s", time.perf_counter() - started, "s(untimed)")
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ChurnModel.score_batch = _timed("score_batch", score)  # type: ignore[method-assign]
     cpu = time.process_time()
     try:
-        result = run_replay(events, settings, until=None)
+        result = run_replay(events, settings, until=None, score_all=args.score_all)
     finally:
         ChurnModel.learn, ChurnModel.score_batch = learn, score  # type: ignore[method-assign]
     cpu = time.process_time() - cpu
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         prof = cProfile.Profile()
         started = time.perf_counter()
         prof.enable()
-        run_replay(events, settings, until=None)
+        run_replay(events, settings, until=None, score_all=args.score_all)
         prof.disable()
         emit("replay_cdnow_profiled_s", time.perf_counter() - started, "s(under cProfile)")
         buf = io.StringIO()

@@ -59,6 +59,8 @@ class FlowSinks:
     """Receives a :class:`Learned` per example (the pre-learn probability): reports."""
     effects: Sink[Any] | None = None
     """Receives :class:`engine.effects.EffectsSnapshot` items (effect tracking, when given)."""
+    requests: Sink[Any] | None = None
+    """Receives every :class:`ScoreRequest` the customer stage emits (scored or not)."""
 
 
 def stage_config(settings: Settings) -> StageConfig:
@@ -157,10 +159,18 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
     scored by the model after everything before the end was learned.
     """
 
-    def __init__(self, model: ChurnModel, trace: bool = False, shards: int = 1) -> None:
+    def __init__(
+        self,
+        model: ChurnModel,
+        trace: bool = False,
+        shards: int = 1,
+        score_causes: frozenset[str] | None = None,
+    ) -> None:
         self.model = model
         self.trace = trace
         self.shards = shards
+        self.score_causes = score_causes
+        """Score only requests of these causes (None: all); the others are dropped."""
         self.final_requests: list[ScoreRequest] = []
 
     def _score(self, requests: list[ScoreRequest]) -> list[Scored]:
@@ -181,7 +191,7 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
             if isinstance(item, ScoreRequest):
                 if item.cause == "final":
                     self.final_requests.append(item)
-                else:
+                elif self.score_causes is None or item.cause in self.score_causes:
                     pending.append(item)
             elif isinstance(item, Example):
                 if pending:
@@ -230,8 +240,13 @@ def build_flow(
     *,
     final_ts: float | None = None,
     flow_id: str = "churnflow",
+    score_causes: frozenset[str] | None = None,
 ) -> Dataflow:
-    """The churnflow dataflow. ``final_ts`` closes a replay at that event time."""
+    """The churnflow dataflow. ``final_ts`` closes a replay at that event time.
+
+    ``score_causes`` limits which score requests the model scores (``final`` ones
+    always are): a replay that reads only its final scores skips the rest.
+    """
     flow = Dataflow(flow_id)
     raw = op.input("input", flow, source)
     decoded = op.map("decode", raw, lambda item: decode_item(item, settings))
@@ -257,6 +272,9 @@ def build_flow(
     stage_out = op.key_rm("customers_out", customers)
 
     to_model = op.filter("to_model", stage_out, lambda x: isinstance(x, (ScoreRequest, Example)))
+    if sinks.requests is not None:
+        requests = op.filter("requests", stage_out, lambda x: isinstance(x, ScoreRequest))
+        op.output("requests_out", requests, sinks.requests)
     if sinks.examples is not None:
         examples = op.filter("examples", stage_out, lambda x: isinstance(x, Example))
         op.output("examples_out", examples, sinks.examples)
@@ -267,9 +285,9 @@ def build_flow(
 
     def build_model(resume: bytes | None) -> ModelLogic:
         if resume is not None:
-            return ModelLogic(ChurnModel.restore(resume), trace, shards)
+            return ModelLogic(ChurnModel.restore(resume), trace, shards, score_causes)
         model = ChurnModel(settings.model_warm_examples, kind=settings.model)
-        return ModelLogic(model, trace, shards)
+        return ModelLogic(model, trace, shards, score_causes)
 
     model_out = op.key_rm("model_out", op.stateful_batch("model", model_keyed, build_model))
     if sinks.learned is not None:

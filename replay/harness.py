@@ -21,6 +21,7 @@ from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from tqdm import tqdm
 
@@ -32,6 +33,7 @@ from engine.messages import (
     Learned,
     ModelStatus,
     Scored,
+    ScoreRequest,
     SegmentChange,
     StageCounters,
 )
@@ -42,7 +44,12 @@ SOURCE_BATCH = 1000
 """Events per TestingSource batch (its default of 1 is ~10x slower)."""
 
 
-REPLAY_EPOCH = timedelta(seconds=60)
+REPLAY_EPOCH = timedelta(days=1)
+"""Bytewax's (wall-clock) epoch in a replay. Bytewax snapshots every stateful key
+touched in an epoch when it closes, with or without recovery; a replay has no
+recovery, so one epoch for the whole run avoids pickling every key group once a
+minute (at 1M customers that took most of the customer stage's time). Results do
+not depend on it: epochs are wall-clock, and a replay is deterministic."""
 
 
 def end_of_day_ts(day: date) -> float:
@@ -78,6 +85,26 @@ class ReplayResult:
         return self.events_in / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+class _CauseCounts(StatelessSinkPartition[ScoreRequest]):
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+
+    def write_batch(self, items: list[ScoreRequest]) -> None:
+        counts = self.counts
+        for request in items:
+            counts[request.cause] = counts.get(request.cause, 0) + 1
+
+
+class CauseCountingSink(DynamicSink[ScoreRequest]):
+    """Counts score requests by cause into one dict; keeps nothing else."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CauseCounts:
+        return _CauseCounts(self.counts)
+
+
 def run_replay(
     events: Sequence[Any],
     settings: Settings,
@@ -86,6 +113,7 @@ def run_replay(
     workers: int = 1,
     progress: bool = False,
     rules_dir: Path | None = None,
+    score_all: bool = False,
 ) -> ReplayResult:
     """Replay ``events`` (sorted by event time) through ``build_flow``.
 
@@ -93,6 +121,11 @@ def run_replay(
     final watermark at the end of ``until`` (or of the last event's day).
     With ``rules_dir`` the trigger stage runs with those rules and the recall
     intents are collected in ``ReplayResult.intents`` (nothing is enqueued).
+
+    Without rules nothing reads the scores of events and checkpoints, so only the
+    final requests are scored (``score_all`` scores every request, as live does);
+    every request is still counted in ``scores_by_cause``. Learning, and so the
+    final scores, are the same either way.
     """
     if until is not None:
         limit = end_of_day_ts(until)
@@ -113,6 +146,7 @@ def run_replay(
     scores: list[Scored] = []
     learned: list[Learned] = []
     intents: list[RecallIntent] = []
+    requests = CauseCountingSink()
     sinks = FlowSinks(
         learned=TestingSink(learned),
         redis=TestingSink(sink_items),
@@ -120,15 +154,16 @@ def run_replay(
         examples=TestingSink(examples),
         scores=TestingSink(scores),
         recalls=TestingSink(intents) if rules_dir is not None else None,
+        requests=requests,
     )
     flow = build_flow(
         TestingSource(encoded, batch_size=SOURCE_BATCH),
         sinks,
         settings,
         final_ts=end_of_day_ts(last_day),
+        score_causes=None if score_all or rules_dir is not None else frozenset(),
     )
     started = time.perf_counter()
-    # no recovery in a replay: one epoch per REPLAY_EPOCH keeps snapshots rare
     if workers == 1:
         run_main(flow, epoch_interval=REPLAY_EPOCH)
     else:
@@ -152,9 +187,7 @@ def run_replay(
     for counts in per_group.values():
         for name, value in counts.items():
             counters[name] = counters.get(name, 0) + value
-    by_cause: dict[str, int] = {}
-    for scored in scores:
-        by_cause[scored.request.cause] = by_cause.get(scored.request.cause, 0) + 1
+    by_cause = dict(sorted(requests.counts.items()))
     final = sorted(
         (s for s in scores if s.request.cause == "final"),
         key=lambda s: (s.request.store_id, _numeric_first(s.request.customer_id)),
