@@ -31,10 +31,22 @@ def _recency(x: dict[str, float]) -> str:
     return f"{days:.0f} days since last order"
 
 
+def _silence(x: dict[str, float]) -> str:
+    """The words of ``dropout_evidence`` (a silence weighed by the orders before it).
+
+    >>> _silence({"days_since_last_order": 82.0, "order_count": 4.0})
+    'silent for 82 days after 4 orders'
+    """
+    days, orders = x.get("days_since_last_order", 0.0), round(x.get("order_count", 0.0))
+    return f"silent for {days:.0f} days after {_plural(orders, 'order')}"
+
+
+_FROM_VECTOR = {"days_since_last_order": _recency, "overdue_ratio": _recency}
+_FROM_VECTOR["dropout_evidence"] = _silence
+"""Phrases read from the whole feature vector rather than the one value."""
+
 _WINDOWS = {"7d": "7 days", "30d": "30 days", "90d": "90 days", "365d": "year"}
 _WORDS: dict[str, Any] = {
-    "days_since_last_order": _recency,
-    "overdue_ratio": _recency,
     "tenure_days": lambda v: f"customer for {v:.0f} days",
     "days_since_last_visit": lambda v: f"{v:.0f} days since last visit",
     "order_count": lambda v: f"{_plural(round(v), 'order')} so far",
@@ -98,9 +110,10 @@ def _phrase(name: str, x: dict[str, float]) -> str:
     '1 message opened in the last 30 days'
     """
     value = x.get(name, 0.0)
+    from_vector = _FROM_VECTOR.get(name)
+    if from_vector is not None:
+        return from_vector(x)
     words = _WORDS.get(name)
-    if words is _recency:
-        return _recency(x)
     if words is not None:
         return str(words(value))
     if name.startswith("messages_") or name == "unsubscribed_30d":
