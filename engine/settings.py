@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     demo_api_key: str | None = None
+    metrics_token: SecretStr | None = None
+    """When set, ``GET /metrics`` needs ``Authorization: Bearer <token>``; unset, it is
+    open (a warning at start-up when the API binds a non-loopback host)."""
     rate_limit_per_s: float = Field(50.0, gt=0)
     """Requests per second one API key may make (token bucket refill rate)."""
     rate_limit_burst: int = Field(100, ge=1)
