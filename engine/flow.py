@@ -157,6 +157,12 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
     Items are handled in arrival order; consecutive score requests are scored
     together. ``final`` requests (a replay's end) wait for EOF so that they are
     scored by the model after everything before the end was learned.
+
+    With ``event_order`` (replays: a finite input), nothing is learned or scored
+    before EOF; then every example and request is handled in event-time order
+    (:func:`event_order_key`), so the model learns the same sequence whatever the
+    number of workers and however the input was batched — the scores are then
+    identical, not only the features.
     """
 
     def __init__(
@@ -165,6 +171,7 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         trace: bool = False,
         shards: int = 1,
         score_causes: frozenset[str] | None = None,
+        event_order: bool = False,
     ) -> None:
         self.model = model
         self.trace = trace
@@ -172,6 +179,9 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         self.score_causes = score_causes
         """Score only requests of these causes (None: all); the others are dropped."""
         self.final_requests: list[ScoreRequest] = []
+        self.event_order = event_order
+        self.held: list[ScoreRequest | Example] = []
+        """With ``event_order``: everything but final requests, until EOF."""
 
     def _score(self, requests: list[ScoreRequest]) -> list[Scored]:
         results = self.model.score_batch([r.features for r in requests])
@@ -182,11 +192,22 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         ]
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
+        if values:  # Bytewax builders get no key: learn the shard number from an item
+            self.model.shard = int(model_shard(values[0], self.shards))
+        if self.event_order:
+            for item in values:
+                if isinstance(item, ScoreRequest) and item.cause == "final":
+                    self.final_requests.append(item)
+                elif isinstance(item, (ScoreRequest, Example)):
+                    self.held.append(item)
+            return [], StatefulBatchLogic.RETAIN
+        return self._handle(values), StatefulBatchLogic.RETAIN
+
+    def _handle(self, values: list[Any]) -> list[Any]:
+        """Learn the examples and score the requests of ``values`` in their order."""
         out: list[Any] = []
         pending: list[ScoreRequest] = []
         learned_before = self.model.learned
-        if values:  # Bytewax builders get no key: learn the shard number from an item
-            self.model.shard = int(model_shard(values[0], self.shards))
         for item in values:
             if isinstance(item, ScoreRequest):
                 if item.cause == "final":
@@ -204,7 +225,7 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
             out.extend(self._score(pending))
         if self.model.learned != learned_before:
             out.append(self._status())
-        return out, StatefulBatchLogic.RETAIN
+        return out
 
     def _status(self) -> ModelStatus:
         status = self.model.status()
@@ -212,6 +233,9 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
+        if self.held:
+            held, self.held = sorted(self.held, key=event_order_key), []
+            out.extend(self._handle(held))
         if self.final_requests:
             requests = sorted(self.final_requests, key=lambda r: (r.store_id, r.customer_id))
             self.final_requests = []
@@ -221,6 +245,19 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
 
     def snapshot(self) -> bytes:
         return self.model.snapshot()
+
+
+def event_order_key(item: ScoreRequest | Example) -> tuple[float, int, str, str, float, str]:
+    """Where an example or a score request falls in event time.
+
+    An example counts when its label resolved, a request when it was made; at the
+    same instant examples come first (the model has learned what resolved by then),
+    then by store, customer, prediction time and cause — a total order that does
+    not depend on arrival.
+    """
+    if isinstance(item, Example):
+        return (item.resolved_at, 0, item.store_id, item.customer_id, item.t0, "")
+    return (item.t, 1, item.store_id, item.customer_id, 0.0, item.cause)
 
 
 def model_shard(item: Any, shards: int) -> str:
@@ -241,11 +278,14 @@ def build_flow(
     final_ts: float | None = None,
     flow_id: str = "churnflow",
     score_causes: frozenset[str] | None = None,
+    model_event_order: bool = False,
 ) -> Dataflow:
     """The churnflow dataflow. ``final_ts`` closes a replay at that event time.
 
     ``score_causes`` limits which score requests the model scores (``final`` ones
     always are): a replay that reads only its final scores skips the rest.
+    ``model_event_order`` (replays only: it waits for EOF) makes the model learn and
+    score in event-time order, so scores do not depend on the number of workers.
     """
     flow = Dataflow(flow_id)
     raw = op.input("input", flow, source)
@@ -285,9 +325,10 @@ def build_flow(
 
     def build_model(resume: bytes | None) -> ModelLogic:
         if resume is not None:
-            return ModelLogic(ChurnModel.restore(resume), trace, shards, score_causes)
-        model = ChurnModel(settings.model_warm_examples, kind=settings.model)
-        return ModelLogic(model, trace, shards, score_causes)
+            model = ChurnModel.restore(resume)
+        else:
+            model = ChurnModel(settings.model_warm_examples, kind=settings.model)
+        return ModelLogic(model, trace, shards, score_causes, model_event_order)
 
     model_out = op.key_rm("model_out", op.stateful_batch("model", model_keyed, build_model))
     if sinks.learned is not None:

@@ -162,6 +162,7 @@ def run_replay(
         settings,
         final_ts=end_of_day_ts(last_day),
         score_causes=None if score_all or rules_dir is not None else frozenset(),
+        model_event_order=True,  # same scores whatever the number of workers
     )
     started = time.perf_counter()
     if workers == 1:
