@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.logging import RequestLogMiddleware, configure_json_logging
-from api.metrics import Metrics, MetricsMiddleware
+from api.metrics import Metrics, MetricsMiddleware, warn_if_exposed
 from api.metrics import router as metrics_router
 from api.ratelimit import BodyLimitMiddleware
 from api.routes import (
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings or Settings()
+        warn_if_exposed(app.state.settings)
         pool = redis.BlockingConnectionPool.from_url(
             app.state.settings.redis_url, max_connections=64, timeout=5, socket_timeout=5
         )

@@ -1,5 +1,10 @@
 """Prometheus metrics: ``GET /metrics`` (text exposition format, no API key).
 
+With ``CHURNFLOW_METRICS_TOKEN`` set the scrape needs ``Authorization: Bearer
+<token>`` (compared in constant time), else 401 ``unauthenticated``; unset, the
+route is open, and :func:`warn_if_exposed` logs a warning at start-up when the API
+binds a non-loopback host (the recall gauges carry store names).
+
 ===============================================  =========================================
 metric                                           what
 ===============================================  =========================================
@@ -43,24 +48,41 @@ to compare with the high watermarks.
 (('demo', 'queue:email'), ('demo', 'log'))
 >>> stream_label("cf", "cf:{demo}:recall-dead:sms"), stream_label("cf", "cf:{x}:customer:1")
 (('demo', 'dead:sms'), None)
+>>> [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "api.example")]
+[True, True, True, False, False]
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import logging
 import time
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import orjson
 import redis
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import ApiError
 from api.logging import route_template
+from engine.settings import Settings
 
-__all__ = ["Metrics", "MetricsMiddleware", "router", "stream_label", "webhook_outcome"]
+__all__ = [
+    "Metrics",
+    "MetricsMiddleware",
+    "is_loopback",
+    "router",
+    "stream_label",
+    "warn_if_exposed",
+    "webhook_outcome",
+]
+
+log = logging.getLogger(__name__)
 
 WEBHOOK_ROUTE = "/v1/stores/{store_id}/webhooks/"
 DISCOVERY_TTL_S = 60.0
@@ -238,7 +260,44 @@ class MetricsMiddleware:
                         self.metrics.webhook_events.labels(platform).inc(accepted)
 
 
-@router.get("/metrics", include_in_schema=False)
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) binds only the loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(settings: Settings) -> bool:
+    """Log a warning (and say so) when ``/metrics`` is open on a non-loopback host."""
+    if settings.metrics_token or is_loopback(settings.api_host):
+        return False
+    log.warning(
+        "GET /metrics is open on %s and its recall gauges name the stores: "
+        "set CHURNFLOW_METRICS_TOKEN",
+        settings.api_host,
+    )
+    return True
+
+
+def require_metrics_token(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """401 unless ``Authorization: Bearer <metrics_token>`` when a token is set."""
+    settings: Settings = request.app.state.settings
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
+    if not token:
+        return
+    if not authorization or not authorization.startswith("Bearer "):
+        raise ApiError(401, "unauthenticated", "missing Authorization: Bearer <token> header")
+    given = authorization.removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(401, "unauthenticated", "wrong metrics token")
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(require_metrics_token)])
 def metrics_endpoint(request: Request) -> Response:
     """Prometheus text format; recall gauges are read from Redis now."""
     metrics: Metrics = request.app.state.metrics
