@@ -34,6 +34,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from typing import Any
 
 from engine.segments import SEGMENTS, VALUE_TIERS
@@ -53,6 +54,7 @@ def month_index(ts: float) -> int:
     return moment.year * 12 + moment.month - 1
 
 
+@cache  # a replay publishes every cohort's label once per key group and day
 def month_label(index: int) -> str:
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
@@ -70,6 +72,7 @@ def week_start(index: int) -> date:
     return (datetime.fromtimestamp(EPOCH_MONDAY, UTC) + timedelta(weeks=index)).date()
 
 
+@cache
 def week_label(index: int) -> str:
     year, week, _ = week_start(index).isocalendar()
     return f"{year:04d}-W{week:02d}"

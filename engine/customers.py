@@ -161,25 +161,64 @@ class KeyGroupCustomers:
         default_factory=dict, init=False, repr=False, compare=False
     )
     """Per store: the lifecycle history rows as of ``lifecycle.open_week`` (not pickled)."""
+    _blobs: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Each customer's record as pickled by the last snapshot."""
+    _touched: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    """Customers whose records may have changed since the last snapshot."""
 
     def __post_init__(self) -> None:
         self.watermark = Watermark(self.config.allowed_lateness_s)
         self.dedup = EventIdDedup(self.config.dedup_retention_s)
+        self._touched.update(self.customers)
 
     # -- snapshots ---------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """An immutable copy of the whole group, cheap to take (one pickle)."""
+        """An immutable copy of the whole group (one pickle).
+
+        Bytewax takes one at the end of every epoch in which the group saw an item.
+        Each customer's record is pickled on its own and the bytes are kept, so a
+        snapshot re-pickles only the customers touched (by an event or a timer)
+        since the last one: its cost follows the epoch's activity, not the group's
+        size. The kept bytes cost about the pickled size per customer in memory.
+        """
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _customer_blobs(self) -> dict[str, bytes]:
+        """Every customer's pickled record, in ``customers`` order; refreshes the cache."""
+        blobs, customers = self._blobs, self.customers
+        for key in self._touched:
+            record = customers.get(key)
+            if record is not None:
+                blobs[key] = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+        self._touched.clear()
+        ordered: dict[str, bytes] = {}
+        for key, record in customers.items():
+            blob = blobs.get(key)
+            if blob is None:  # added other than through on_event (a test, a tool)
+                blob = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+            ordered[key] = blob
+        self._blobs = ordered  # also drops erased customers
+        return ordered
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("_history_cache", None)  # derived; rebuilt on demand
+        for derived in ("_history_cache", "_blobs", "_touched"):
+            state.pop(derived, None)
+        state["customers"] = self._customer_blobs()
+        state["customers_pickled"] = True
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.pop("customers_pickled", False):
+            blobs = state["customers"]
+            state["customers"] = {key: pickle.loads(blob) for key, blob in blobs.items()}
+            self._blobs = blobs
+        else:  # a snapshot from before per-customer pickles
+            self._blobs = {}
         self.__dict__.update(state)
         self._history_cache = {}
+        self._touched = set() if self._blobs else set(self.customers)
 
     @staticmethod
     def restore(blob: bytes) -> KeyGroupCustomers:
@@ -200,6 +239,7 @@ class KeyGroupCustomers:
         if self.watermark.observe(ts):
             counters["late_events"] += 1
         key = f"{event.store_id}{SEP}{event.customer_id}"
+        self._touched.add(key)
         out: list[Any] = []
         if isinstance(event, EraseRequest):
             erased = self.customers.pop(key, None)
@@ -301,6 +341,7 @@ class KeyGroupCustomers:
             if record is None:  # erased since
                 timer = self.timers.pop_next_due(watermark)
                 continue
+            self._touched.add(timer.customer_key)
             if timer.kind == "label":
                 out.extend(self._resolve(timer.customer_key, record, timer.ref, timer.at))
             elif timer.kind == "checkpoint":
@@ -448,6 +489,7 @@ class KeyGroupCustomers:
     def final(self, end_ts: float) -> list[Any]:
         """Close a replay: advance to its end, then score every customer with an order."""
         out = self.advance_to(end_ts)
+        self._touched.update(self.customers)
         for key in sorted(self.customers):
             record = self.customers[key]
             if record.state.has_orders:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 def key_group(store_id: str, customer_id: str, key_groups: int) -> int:
@@ -92,6 +92,16 @@ class TimerHeap:
 
     def next_at(self) -> float | None:
         return self._heap[0].at if self._heap else None
+
+    def __getstate__(self) -> tuple[int, list[tuple[Any, ...]]]:
+        # plain tuples: pickling a NamedTuple runs Python code for every timer
+        return self._seq, list(map(tuple, self._heap))
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            state = state[1]["_seq"], state[1]["_heap"]  # the default __slots__ state
+        self._seq, heap = state
+        self._heap = [Timer(*timer) for timer in heap]
 
     def __len__(self) -> int:
         return len(self._heap)
