@@ -29,8 +29,11 @@ SIMULATION = ["--stores", "2", "--customers", "40", "--days", "120", "--seed", "
 IDLE_S = 3.0  # after the expected count, poll this long more to see that nothing else came
 
 
-def read_all(settings: Settings, expected: int, timeout_s: float = 60.0) -> list[Message]:
-    """Every message of the events topic: ``expected`` of them, then ``IDLE_S`` more of polling."""
+def read_all(
+    settings: Settings, expected: int, timeout_s: float = 60.0
+) -> list[tuple[int, bytes, bytes]]:
+    """Every message of the events topic as ``(partition, key, value)``: ``expected`` of
+    them, then ``IDLE_S`` more of polling."""
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_brokers,
@@ -54,7 +57,13 @@ def read_all(settings: Settings, expected: int, timeout_s: float = 60.0) -> list
                 found.append(msg)
     finally:
         consumer.close()
-    return found
+    return [triple(msg) for msg in found]
+
+
+def triple(msg: Message) -> tuple[int, bytes, bytes]:
+    partition, key, value = msg.partition(), msg.key(), msg.value()
+    assert partition is not None and key is not None and value is not None
+    return partition, key, value
 
 
 def key_of(line: bytes) -> bytes:
@@ -88,13 +97,13 @@ def test_simulate_kafka_produces_the_jsonl_lines_keyed_by_customer(
     assert len(lines) > 100 and len({key_of(line) for line in lines}) > 20
 
     messages = read_all(settings, expected=len(lines))
-    produced = [(m.key(), m.value()) for m in messages]
+    produced = [(key, value) for _, key, value in messages]
     assert len(produced) == len(lines)
     assert sorted(value for _, value in produced) == sorted(lines)  # same bytes
     assert all(key == key_of(value) for key, value in produced)
     partitions_of_key: dict[bytes, set[int]] = defaultdict(set)
-    for msg in messages:
-        partitions_of_key[msg.key()].add(msg.partition())
+    for partition, key, _ in messages:
+        partitions_of_key[key].add(partition)
     assert all(len(p) == 1 for p in partitions_of_key.values())
     assert len({p for ps in partitions_of_key.values() for p in ps}) > 1  # keys spread out
     assert by_key(produced) == by_key([(key_of(line), line) for line in lines])
