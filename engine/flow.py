@@ -352,7 +352,7 @@ def build_flow(
         trigger_keyed = op.key_on("trigger_key", to_triggers, lambda x: trigger_key(x, groups))
         # with effect tracking, the trigger stage also reports its progress (TriggerProgress)
         progress = groups if sinks.effects is not None else None
-        triggers = build_trigger_logic(settings.rules_dir, progress)
+        triggers = build_trigger_logic(settings.rules_dir, progress, settings.cart_check_hours)
         intents = op.stateful("triggers", trigger_keyed, triggers)
         recalls = op.key_rm("triggers_out", intents)
         only_intents = op.filter("recall_intents", recalls, lambda x: isinstance(x, RecallIntent))

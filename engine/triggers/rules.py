@@ -65,6 +65,7 @@ __all__ = [
     "Rule",
     "RuleSet",
     "RulesError",
+    "cart_window_misses",
     "load_rules",
 ]
 
@@ -543,3 +544,24 @@ def load_rules(path_or_text: str | os.PathLike[str]) -> RuleSet:
     if semantic:
         raise RulesError(source, semantic)
     return ruleset
+
+
+def cart_window_misses(rules: RuleSet, check_hours: float) -> list[str]:
+    """The enabled abandoned-cart rules that a cart check ``check_hours`` after the cart
+    opened cannot fire (outside ``after_hours`` .. ``after_hours + grace_hours``).
+
+    >>> rs = load_rules("store_id: s\\nrules:\\n  - {id: cart, type: abandoned_cart, "
+    ...                 "after_hours: 6, grace_hours: 12}\\n")
+    >>> cart_window_misses(rs, 6), cart_window_misses(rs, 18)
+    ([], [])
+    >>> cart_window_misses(rs, 4)
+    ["rule 'cart' fires 6..18 hours after the cart opened, not at 4"]
+    """
+    return [
+        f"rule {rule.id!r} fires {rule.after_hours:g}..{rule.after_hours + rule.grace_hours:g}"
+        f" hours after the cart opened, not at {check_hours:g}"
+        for rule in rules.rules
+        if isinstance(rule, AbandonedCartRule)
+        and rule.enabled
+        and not rule.after_hours <= check_hours <= rule.after_hours + rule.grace_hours
+    ]

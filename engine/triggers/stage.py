@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 
 from bytewax.operators import StatefulLogic
 
+from engine.errors import ConfigError
 from engine.events import CHANNELS
 from engine.keygroups import key_group
 from engine.messages import Erased, Scored
@@ -71,6 +72,7 @@ from engine.triggers.rules import (
     RiskRule,
     RulesError,
     RuleSet,
+    cart_window_misses,
     load_rules,
 )
 
@@ -287,6 +289,25 @@ class RulesBook:
                 self._cache[path.stem] = store_rules(rules)
         return names
 
+    def check_cart_hours(self, check_hours: float) -> None:
+        """``ConfigError`` unless a cart check ``check_hours`` after a cart opened (the
+        customer stage's cart timer, ``CHURNFLOW_CART_CHECK_HOURS``) lies in the window of
+        every enabled abandoned-cart rule of every rules file. ``0`` (no cart timer) and
+        files that do not load (reported by :meth:`get` / :meth:`preload`) pass."""
+        if check_hours <= 0:
+            return
+        for path in sorted(self.rules_dir.glob("*.yaml")):
+            try:
+                misses = cart_window_misses(load_rules(path), check_hours)
+            except RulesError:
+                continue
+            if misses:
+                raise ConfigError(
+                    f"{path}: {'; '.join(misses)}: set CHURNFLOW_CART_CHECK_HOURS inside "
+                    "every abandoned-cart rule's window (after_hours .. after_hours + "
+                    "grace_hours) or change the rule"
+                )
+
 
 class _Customer(NamedTuple):
     """What the stage keeps per customer (a plain tuple when pickled)."""
@@ -494,13 +515,19 @@ class TriggerLogic(StatefulLogic[Any, Any, bytes]):
 
 
 def build_trigger_logic(
-    rules: RulesBook | str | Path, progress_groups: int | None = None
+    rules: RulesBook | str | Path,
+    progress_groups: int | None = None,
+    cart_check_hours: float | None = None,
 ) -> Callable[[bytes | None], TriggerLogic]:
     """The ``op.stateful`` builder; all key groups of a worker share one ``RulesBook``.
 
     ``progress_groups``: emit :class:`TriggerProgress` items too (for effect tracking).
+    ``cart_check_hours``: the customer stage's cart timer; checked against the rules'
+    abandoned-cart windows now (``ConfigError``, see :meth:`RulesBook.check_cart_hours`).
     """
     book = rules if isinstance(rules, RulesBook) else RulesBook(rules)
+    if cart_check_hours is not None:
+        book.check_cart_hours(cart_check_hours)
 
     def build(resume: bytes | None) -> TriggerLogic:
         if resume is not None:
