@@ -207,7 +207,7 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         """Learn the examples and score the requests of ``values`` in their order."""
         out: list[Any] = []
         pending: list[ScoreRequest] = []
-        learned_before = self.model.learned
+        touched: set[str] = set()
         for item in values:
             if isinstance(item, ScoreRequest):
                 if item.cause == "final":
@@ -218,18 +218,22 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
                 if pending:
                     out.extend(self._score(pending))
                     pending = []
-                p = self.model.learn(item.features, item.y)
+                p = self.model.learn(item.features, item.y, item.store_id)
+                touched.add(item.store_id)
                 if self.trace:
                     out.append(Learned(item.resolved_at, item.y, p))
         if pending:
             out.extend(self._score(pending))
-        if self.model.learned != learned_before:
-            out.append(self._status())
+        if touched:
+            out.append(self._status(touched))
         return out
 
-    def _status(self) -> ModelStatus:
+    def _status(self, stores: set[str] | None = None) -> ModelStatus:
+        """The shard's status, with the own view of ``stores`` (default: every store)."""
         status = self.model.status()
-        return ModelStatus(self.model.shard, self.model.version, self.model.warm, status)
+        names = sorted(self.model.store_metrics if stores is None else stores)
+        views = {name: self.model.store_status(name) for name in names}
+        return ModelStatus(self.model.shard, self.model.version, self.model.warm, status, views)
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []

@@ -114,3 +114,5 @@ class ModelStatus:
     model_version: str
     model_warm: bool
     metrics: dict[str, Any] = field(default_factory=dict)
+    stores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per store whose examples were learned since the last status: its own view."""

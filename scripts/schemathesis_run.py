@@ -39,7 +39,7 @@ from api.webhooks import sign_generic, sign_shopify, sign_woocommerce
 from engine.cli import api_command, child_env
 from engine.connectors.kafka import ensure_topics
 from engine.connectors.recall_sink import enqueue_intents
-from engine.connectors.redis_sink import customer_key, model_key, segment_key
+from engine.connectors.redis_sink import customer_key, segment_key, store_model_key
 from engine.delivery.providers import contact_key
 from engine.services import free_port, services_down, services_up
 from engine.settings import Settings
@@ -137,7 +137,7 @@ def seed_store(client: redis.Redis, prefix: str, customers: int = 20) -> dict[st
         pipe.zadd(segment_key(prefix, STORE, segment), {customer: probability})
         pipe.hset(contact_key(prefix, STORE, "email"), customer, f"{customer}@example.com")
     model = {"version": "logreg-1", "warm": True, "examples": 120, "roc_auc": 0.77}
-    pipe.set(model_key(prefix, 0), orjson.dumps(model))
+    pipe.set(store_model_key(prefix, STORE, 0), orjson.dumps(model))
     pipe.execute()
     due = 1_790_000_000.0
     intents = [

@@ -36,7 +36,7 @@ from api.main import create_app
 from api.routes import REQUIRED_SCOPE, ServedRoute, app_routes
 from api.webhook_secrets import PLATFORMS, set_secret
 from api.webhooks import sign_generic, sign_shopify, sign_woocommerce
-from engine.connectors.redis_sink import customer_key, model_key, segment_key
+from engine.connectors.redis_sink import customer_key, segment_key, store_model_key
 from engine.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -241,7 +241,7 @@ def seed_store_b(client: redis.Redis, prefix: str) -> None:
     }
     client.set(customer_key(prefix, STORE_B, "c1"), orjson.dumps(doc))
     client.zadd(segment_key(prefix, STORE_B, "silent"), {"c1": 0.8})
-    client.set(model_key(prefix, 0), orjson.dumps({"version": "v", "examples": 9}))
+    client.set(store_model_key(prefix, STORE_B, 0), orjson.dumps({"version": "v", "examples": 9}))
     for platform in PLATFORMS:  # store A has its own secrets; B's are different
         for store in (STORE_A, STORE_B):
             set_secret(client, prefix, store, platform, secret_of(store, platform))

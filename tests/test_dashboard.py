@@ -29,7 +29,12 @@ from api.main import create_app
 from engine.cli import produce_lines
 from engine.connectors.effects_sink import write_snapshots
 from engine.connectors.kafka import ensure_topics
-from engine.connectors.redis_sink import aggregates_key, customer_key, model_key, segment_key
+from engine.connectors.redis_sink import (
+    aggregates_key,
+    customer_key,
+    segment_key,
+    store_model_key,
+)
 from engine.effects import COUNT_FIELDS, MONEY_UNITS, EffectsSnapshot, RowKey
 from engine.events import OrderEvent, encode_event
 from engine.services import free_port
@@ -199,7 +204,7 @@ def seed(client: redis.Redis, prefix: str) -> None:
         for i in range(10)
     ]
     pipe.set(
-        model_key(prefix, 0),
+        store_model_key(prefix, STORE, 0),
         orjson.dumps(
             {
                 "model_version": "logreg-test",
@@ -395,9 +400,11 @@ def orders(customers: range, day: int) -> list[bytes]:
 
 @needs_chromium
 def test_dashboard_follows_events_through_the_dataflow(
-    server: str, settings: Settings, redis_client: redis.Redis, browser: Any
+    server: str, settings: Settings, redis_client: redis.Redis, browser: Any, tmp_path: Path
 ) -> None:
     """Events produced to the broker reach the open page: broker → dataflow → Redis → page."""
+    # the dataflow's own run and recovery directories, not the shared .run/
+    settings = settings.model_copy(update={"run_dir": tmp_path, "recovery_dir": tmp_path / "rec"})
     ensure_topics(settings.brokers, [settings.events_topic, settings.dead_letter_topic])
     key = create_key(redis_client, settings.key_prefix, STORE, ("read",))
     produce_lines(settings, iter(orders(range(4), day=2)))

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 
 from api.deps import ApiKeyDep, RedisDep, SettingsDep, require_store
 from api.errors import ApiError, ErrorBody
-from engine.connectors.redis_sink import model_key
+from engine.connectors.redis_sink import store_model_key
 
 router = APIRouter(prefix="/v1/stores/{store_id}", tags=["model"])
 
@@ -24,9 +24,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.get("/model", responses=ERRORS)
 def get_model(store_id: str, key: ApiKeyDep, client: RedisDep, settings: SettingsDep) -> Any:
-    """Running progressive-validation metrics of the model (shard 0)."""
+    """The model (shard 0) as this store sees it: the shared model's version and
+    warmth, and progressive-validation metrics on this store's own examples only."""
     require_store(store_id, key, "read")
-    raw = client.get(model_key(settings.key_prefix, 0))
+    raw = client.get(store_model_key(settings.key_prefix, store_id, 0))
     if raw is None:
-        raise ApiError(404, "not_found", "the model has not reported yet")
+        raise ApiError(404, "not_found", "the model has not learned this store's examples yet")
     return orjson.loads(raw)

@@ -55,6 +55,15 @@ def aggregates_key(prefix: str, store_id: str, table: str, key_group: int) -> st
     return f"{prefix}:{{{store_id}}}:{table}:{key_group}"
 
 
+def store_model_key(prefix: str, store_id: str, shard: int) -> str:
+    """One store's view of a model shard: its version and the store's own metrics.
+
+    >>> store_model_key("cf", "shop", 0)
+    'cf:{shop}:model:0'
+    """
+    return f"{prefix}:{{{store_id}}}:model:{shard}"
+
+
 def model_key(prefix: str, shard: int) -> str:
     return f"{prefix}:model:{shard}"
 
@@ -104,6 +113,7 @@ def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
     latest: dict[tuple[str, str], Scored] = {}
     erased: dict[tuple[str, str], Erased] = {}
     statuses: dict[int, ModelStatus] = {}
+    store_views: dict[tuple[str, int], dict[str, Any]] = {}
     counters: dict[int, StageCounters] = {}
     aggregates: dict[tuple[str, int], GroupAggregates] = {}
     for item in items:
@@ -117,6 +127,8 @@ def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
             latest.pop(key, None)
         elif isinstance(item, ModelStatus):
             statuses[item.shard] = item
+            for store_id, view in item.stores.items():  # each status names only some stores
+                store_views[(store_id, item.shard)] = view
         elif isinstance(item, StageCounters):
             counters[item.key_group] = item
         elif isinstance(item, GroupAggregates):
@@ -139,6 +151,8 @@ def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
         body = {**status.metrics, "model_version": status.model_version}
         body["model_warm"] = status.model_warm
         pipe.set(model_key(prefix, shard), orjson.dumps(body))
+    for (store_id, shard), view in store_views.items():
+        pipe.set(store_model_key(prefix, store_id, shard), orjson.dumps(view))
     for group, stage in counters.items():
         body = {"watermark": stage.watermark, **stage.counts}
         pipe.set(f"{prefix}:stage:{group}", orjson.dumps(body))

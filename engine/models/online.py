@@ -144,6 +144,8 @@ class ChurnModel:
         self.metrics = ProgressiveMetrics()
         self.drift = drift.ADWIN()
         self.drifts_detected = 0
+        self.store_metrics: dict[str, ProgressiveMetrics] = {}
+        """Each store's progressive metrics on its own examples."""
 
     @property
     def warm(self) -> bool:
@@ -166,14 +168,20 @@ class ChurnModel:
             return self.prior(features)
         return float(self.pipeline.predict_proba_one(model_inputs(features)).get(True, 0.0))
 
-    def learn(self, features: dict[str, float], y: int) -> float:
-        """Score the example first (progressive validation), then learn it."""
+    def learn(self, features: dict[str, float], y: int, store_id: str | None = None) -> float:
+        """Score the example first (progressive validation), then learn it.
+
+        With ``store_id`` the example also counts in that store's own metrics (the
+        model is shared; each store sees how it does on its own customers).
+        """
         inputs = model_inputs(features)  # read, never modified, by both calls below
         if self.warm:
             p = float(self.pipeline.predict_proba_one(inputs).get(True, 0.0))
         else:
             p = self.prior(features)
         self.metrics.update(y, p)
+        if store_id is not None:
+            self.store_metrics.setdefault(store_id, ProgressiveMetrics()).update(y, p)
         self.drift.update(self.metrics.last_log_loss)
         if self.drift.drift_detected:
             self.drifts_detected += 1
@@ -236,6 +244,21 @@ class ChurnModel:
             "drifts_detected": self.drifts_detected,
             **self.metrics.summary(),
         }
+
+    def store_status(self, store_id: str) -> dict[str, Any]:
+        """What one store may see: the shared model's version and warmth, and the
+        metrics on its own examples only (no other store's counts or rates)."""
+        metrics = self.store_metrics.get(store_id, ProgressiveMetrics())
+        return {
+            "model_version": self.version,
+            "model_warm": self.warm,
+            "drifts_detected": self.drifts_detected,
+            **metrics.summary(),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("store_metrics", {})  # snapshots from before per-store metrics
+        self.__dict__.update(state)
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
