@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
@@ -172,6 +173,7 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         shards: int = 1,
         score_causes: frozenset[str] | None = None,
         event_order: bool = False,
+        horizon_s: float = 90 * 86_400.0,
     ) -> None:
         self.model = model
         self.trace = trace
@@ -180,6 +182,8 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         """Score only requests of these causes (None: all); the others are dropped."""
         self.final_requests: list[ScoreRequest] = []
         self.event_order = event_order
+        self.horizon_s = horizon_s
+        """The label horizon: an example is emitted at its ``t0`` plus this."""
         self.held: list[ScoreRequest | Example] = []
         """With ``event_order``: everything but final requests, until EOF."""
 
@@ -238,7 +242,8 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
         if self.held:
-            held, self.held = sorted(self.held, key=event_order_key), []
+            key = partial(event_order_key, horizon_s=self.horizon_s)
+            held, self.held = sorted(self.held, key=key), []
             out.extend(self._handle(held))
         if self.final_requests:
             requests = sorted(self.final_requests, key=lambda r: (r.store_id, r.customer_id))
@@ -251,16 +256,24 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         return self.model.snapshot()
 
 
-def event_order_key(item: ScoreRequest | Example) -> tuple[float, int, str, str, float, str]:
+def event_order_key(
+    item: ScoreRequest | Example, horizon_s: float
+) -> tuple[float, int, str, str, float, str]:
     """Where an example or a score request falls in event time.
 
-    An example counts when its label resolved, a request when it was made; at the
-    same instant examples come first (the model has learned what resolved by then),
-    then by store, customer, prediction time and cause — a total order that does
-    not depend on arrival.
+    An example counts when the customer stage emits it, at ``t0 + horizon`` (not at
+    ``resolved_at``, which for a customer who came back is the earlier order: sorting
+    by it would bunch the returning customers' examples ahead of the churners'); a
+    request when it was made. At the same instant examples come first, then by
+    store, customer, prediction time and cause — a total order that does not depend
+    on arrival.
+
+    >>> ex = Example("s", "c", 100.0, {}, 0, 150.0)
+    >>> event_order_key(ex, 90.0), event_order_key(ex, 90.0) < (190.0, 1, "", "", 0.0, "")
+    ((190.0, 0, 's', 'c', 100.0, ''), True)
     """
     if isinstance(item, Example):
-        return (item.resolved_at, 0, item.store_id, item.customer_id, item.t0, "")
+        return (item.t0 + horizon_s, 0, item.store_id, item.customer_id, item.t0, "")
     return (item.t, 1, item.store_id, item.customer_id, 0.0, item.cause)
 
 
@@ -332,7 +345,8 @@ def build_flow(
             model = ChurnModel.restore(resume)
         else:
             model = ChurnModel(settings.model_warm_examples, kind=settings.model)
-        return ModelLogic(model, trace, shards, score_causes, model_event_order)
+        horizon_s = settings.horizon_days * 86_400.0
+        return ModelLogic(model, trace, shards, score_causes, model_event_order, horizon_s)
 
     model_out = op.key_rm("model_out", op.stateful_batch("model", model_keyed, build_model))
     if sinks.learned is not None:
