@@ -175,6 +175,17 @@ class LifecycleCounts:
         self.open_week: int | None = None
         """The event-time week in progress at the last :meth:`close_weeks_before`."""
         self.dirty: set[str] = set()
+        self._rows: dict[str, dict[int, tuple[dict[str, int], dict[str, Any]]]] = {}
+        """history() rows per store and week, with the counts they were built from."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_rows", None)  # derived
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._rows = {}
 
     def move(
         self, store_id: str, old_segment: str | None, segment: str | None, old_tier: str | None,
@@ -210,12 +221,18 @@ class LifecycleCounts:
     def history(self, store_id: str) -> list[dict[str, Any]]:
         """The recorded weeks of a store, oldest first (the contract's ``weeks`` items)."""
         rows = []
+        built = self._rows.setdefault(store_id, {})  # a recorded week's counts never change
         for week, counts in sorted(self.weeks.get(store_id, {}).items()):
-            rows.append(
-                {
+            cached = built.get(week)
+            if cached is None or cached[0] is not counts:
+                row = {
                     "week_start": week_start(week).isoformat(),
                     "counts": {name: counts[name] for name in SEGMENTS if name != "prospect"},
                     "tiers": {name: counts[name] for name in VALUE_TIERS},
                 }
-            )
+                cached = built[week] = (counts, row)
+            rows.append(cached[1])
+        if len(built) > len(rows):  # weeks dropped from the history
+            for week in [w for w in built if w not in self.weeks.get(store_id, {})]:
+                del built[week]
         return rows
