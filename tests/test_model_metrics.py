@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from engine.features.vector import FEATURE_NAMES
 from engine.models.metrics import EPS, ProgressiveMetrics
 from engine.models.online import ChurnModel, model_inputs
+from engine.models.reasons import RECENCY_INPUTS
 
 # scores k/1000 + 0.0005 sit in the middle of histogram bin k, so binning is exact and
 # two scores share a bin iff they are equal (ties)
@@ -159,14 +160,16 @@ def test_reasons_are_top3_by_absolute_contribution(warm_model: ChurnModel) -> No
             std = math.sqrt(scaler.vars.get(name, 0.0))
             scaled = (inputs[name] - scaler.means.get(name, 0.0)) / std if std > 0 else 0.0
             contrib[name] = scaled * lr.weights.get(name, 0.0)
-        ranked = sorted(contrib, key=lambda n: -abs(contrib[n]))[:3]
+        logit = sum(contrib.values()) + lr.intercept
+        # the recency inputs are one reason: their contributions added up
+        contrib["recency"] = sum(contrib.pop(n) for n in RECENCY_INPUTS)
+        ranked = sorted(contrib, key=lambda n: (-abs(contrib[n]), n))[:3]
         (_, reasons), *_ = warm_model.score_batch([x])
         assert [r["feature"] for r in reasons] == ranked
         for r in reasons:
             assert r["contribution"] == pytest.approx(round(contrib[r["feature"]], 4), abs=1e-4)
             assert r["direction"] == ("raises" if contrib[r["feature"]] > 0 else "lowers")
             assert r["text"]
-        logit = sum(contrib.values()) + lr.intercept
         assert warm_model.predict(x) == pytest.approx(1 / (1 + math.exp(-logit)), abs=1e-9)
 
 

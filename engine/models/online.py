@@ -225,14 +225,11 @@ class ChurnModel:
         contributions = scaled * weights
         logits = contributions.sum(axis=1) + lr.intercept
         probabilities = 1.0 / (1.0 + np.exp(-np.clip(logits, -35, 35)))
-        k = min(top_reasons, len(names))
-        top = np.argpartition(-np.abs(contributions), k - 1, axis=1)[:, :k].tolist()
         rows = contributions.tolist()  # Python floats, equal to float() of each entry
-        results = []
-        for x, p, row, best in zip(batch, probabilities.tolist(), rows, top, strict=True):
-            contrib = {names[j]: row[j] for j in best}
-            results.append((p, describe_reasons(x, contrib, top_reasons)))
-        return results
+        return [
+            (p, describe_reasons(x, dict(zip(names, row, strict=True)), top_reasons))
+            for x, p, row in zip(batch, probabilities.tolist(), rows, strict=True)
+        ]
 
     def status(self) -> dict[str, Any]:
         return {

@@ -41,14 +41,29 @@ def _silence(x: dict[str, float]) -> str:
     return f"silent for {days:.0f} days after {_plural(orders, 'order')}"
 
 
+def _last_visit(x: dict[str, float]) -> str:
+    """Days since the last visit, or that there is none (the count then runs from
+    when the customer was first seen, which is not a visit).
+
+    >>> _last_visit({"days_since_last_visit": 3.0, "tenure_days": 40.0})
+    'last visit 3 days ago'
+    >>> _last_visit({"days_since_last_visit": 512.0, "tenure_days": 512.0})
+    'no site visit on record'
+    """
+    days = x.get("days_since_last_visit", 0.0)
+    if days >= x.get("tenure_days", float("inf")):
+        return "no site visit on record"
+    return f"last visit {_plural(round(days), 'day')} ago"
+
+
 _FROM_VECTOR = {"days_since_last_order": _recency, "overdue_ratio": _recency}
-_FROM_VECTOR["dropout_evidence"] = _silence
+_FROM_VECTOR |= {"recency": _recency, "dropout_evidence": _silence}
+_FROM_VECTOR["days_since_last_visit"] = _last_visit
 """Phrases read from the whole feature vector rather than the one value."""
 
 _WINDOWS = {"7d": "7 days", "30d": "30 days", "90d": "90 days", "365d": "year"}
 _WORDS: dict[str, Any] = {
     "tenure_days": lambda v: f"customer for {v:.0f} days",
-    "days_since_last_visit": lambda v: f"{v:.0f} days since last visit",
     "order_count": lambda v: f"{_plural(round(v), 'order')} so far",
     "spend_total_base": lambda v: f"spent {v:,.2f} in all",
     "avg_order_value": lambda v: f"average order {v:,.2f}",
@@ -124,12 +139,41 @@ def _phrase(name: str, x: dict[str, float]) -> str:
     return _windowed(name, value) or f"{name.replace('_', ' ')}: {value:g}"
 
 
+RECENCY_INPUTS = ("days_since_last_order", "overdue_ratio", "dropout_evidence")
+"""Inputs that all measure one thing, the silence since the last order: their
+contributions are added up and reported as one reason, ``recency`` (apart, strongly
+correlated inputs get weights of opposite signs, and "0 days since last order"
+would read as raising the risk)."""
+
+
+def grouped(contributions: dict[str, float]) -> dict[str, float]:
+    """Contributions with the recency inputs added into one ``recency`` entry.
+
+    >>> merged = grouped({"days_since_last_order": -0.5, "dropout_evidence": 1.25,
+    ...                   "order_count": 0.2})
+    >>> sorted(merged.items())
+    [('order_count', 0.2), ('recency', 0.75)]
+    """
+    merged: dict[str, float] = {}
+    for name, value in contributions.items():
+        key = "recency" if name in RECENCY_INPUTS else name
+        merged[key] = merged.get(key, 0.0) + value
+    return merged
+
+
 def describe_reasons(
     x: dict[str, float], contributions: dict[str, float] | None, top: int = 3
 ) -> list[dict[str, Any]]:
     """The ``top`` features that push the score most, signed, in plain words.
 
-    Without contributions (the cold prior), the reason is how overdue the customer is.
+    ``contributions`` are every model input's signed contribution to the log-odds
+    (the recency inputs are reported together, see :func:`grouped`). Without them
+    (the cold prior), the reason is how overdue the customer is.
+
+    >>> x = {"days_since_last_order": 0.0, "order_count": 3.0, "gap_mean_days": 40.0}
+    >>> [(r["feature"], r["direction"]) for r in describe_reasons(x, {"order_count": -0.3,
+    ...     "days_since_last_order": 0.4, "dropout_evidence": -1.0}, top=2)]
+    [('recency', 'lowers'), ('order_count', 'lowers')]
     """
     if contributions is None:
         return [
@@ -140,7 +184,7 @@ def describe_reasons(
                 "text": _phrase("overdue_ratio", x),
             }
         ]
-    ranked = sorted(contributions.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
+    ranked = sorted(grouped(contributions).items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
     return [
         {
             "feature": name,
