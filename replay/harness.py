@@ -13,8 +13,10 @@ order is scored by the model as it stood then — having seen nothing later.
 from __future__ import annotations
 
 import csv
+import gc
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -50,6 +52,30 @@ touched in an epoch when it closes, with or without recovery; a replay has no
 recovery, so one epoch for the whole run avoids pickling every key group once a
 minute (at 1M customers that took most of the customer stage's time). Results do
 not depend on it: epochs are wall-clock, and a replay is deterministic."""
+
+
+REPLAY_GC_THRESHOLD = (50_000, 10, 10)
+"""CPython's GC thresholds during a replay (default 700, 10, 10)."""
+
+
+@contextmanager
+def replay_gc() -> Iterator[None]:
+    """Fewer, cheaper garbage collections while a replay runs; restored after.
+
+    A replay allocates millions of short-lived, acyclic outputs; with the default
+    gen-0 threshold of 700 the cyclic GC took about a quarter of the CPU time of
+    the CDNOW replay. Objects that exist before the run (the loaded events) are
+    frozen, so full collections do not scan them. Reference counting frees
+    everything as before; only how often cycles are looked for changes.
+    """
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*REPLAY_GC_THRESHOLD)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def end_of_day_ts(day: date) -> float:
@@ -165,10 +191,11 @@ def run_replay(
         model_event_order=True,  # same scores whatever the number of workers
     )
     started = time.perf_counter()
-    if workers == 1:
-        run_main(flow, epoch_interval=REPLAY_EPOCH)
-    else:
-        cluster_main(flow, [], 0, epoch_interval=REPLAY_EPOCH, worker_count_per_proc=workers)
+    with replay_gc():
+        if workers == 1:
+            run_main(flow, epoch_interval=REPLAY_EPOCH)
+        else:
+            cluster_main(flow, [], 0, epoch_interval=REPLAY_EPOCH, worker_count_per_proc=workers)
     elapsed = time.perf_counter() - started
 
     status = None
