@@ -104,6 +104,9 @@ class Stream:
     end_ts: float
     store: str
     """The store of the sentinel and the latency probes (the stream's first)."""
+    days: int
+    """The simulated window: customers arrive over it, so a short one is mostly new
+    customers (10 events per customer is about 6 days of the simulator's activity)."""
 
 
 def days_for(per_customer: float, intercept: float, slope: float) -> int:
@@ -144,9 +147,8 @@ def event_ts(text: str) -> float:
 
 
 def make_stream(events: int, customers: int, seed: int) -> Stream:
-    config = SimulationConfig(
-        customers=customers, days=window_days(events, customers, seed), seed=seed
-    )
+    days = window_days(events, customers, seed)
+    config = SimulationConfig(customers=customers, days=days, seed=seed)
     lines: list[bytes] = []
     keys: list[bytes] = []
     last_ts: dict[tuple[str, str], float] = {}
@@ -159,7 +161,7 @@ def make_stream(events: int, customers: int, seed: int) -> Stream:
             lines.append(line)
             keys.append(f"{who[0]}:{who[1]}".encode())
     end_ts = max(last_ts.values())
-    return Stream(lines, keys, last_ts, end_ts, orjson.loads(lines[0])["store_id"])
+    return Stream(lines, keys, last_ts, end_ts, orjson.loads(lines[0])["store_id"], days)
 
 
 def probe_event(store: str, customer: str, ts: float, n: int) -> bytes:
@@ -431,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     stream = make_stream(args.events, args.customers, args.seed)
     emit("e2e_events", len(stream.lines), "events")
     emit("e2e_customers", len(stream.last_ts), "customers")
+    emit("simulate_days", stream.days, "days(window)")
     emit("simulate_s", time.perf_counter() - started, "s(untimed)")
 
     run_dir = Path(tempfile.mkdtemp(prefix="cf-bench-e2e-"))
