@@ -351,7 +351,11 @@ class KeyGroupCustomers:
             elif timer.kind == "cart":
                 if self.cart_checks.get(timer.customer_key) == timer.at:
                     out.extend(self._cart_check(timer.customer_key, record, timer.at))
-            elif timer.kind == "segment" and timer.ref == record.last_order_ts:
+            elif (
+                timer.kind == "segment"
+                and timer.ref == record.last_order_ts
+                and record.last_event_ts <= timer.at  # a later event was scored already
+            ):
                 out.extend(self._score_request(timer.customer_key, record, timer.at, "checkpoint"))
             timer = self.timers.pop_next_due(watermark)
         if watermark > float("-inf"):

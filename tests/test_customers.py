@@ -369,6 +369,16 @@ def test_segments_active_customer() -> None:
     assert segment_changes(out) == [("active", "silent")]
 
 
+def test_segment_timer_never_scores_behind_a_later_event() -> None:
+    # the view at day 50 moves the watermark past the silent timer (day 45) and is
+    # scored first; the timer must not then score the customer back at day 45
+    group = KeyGroupCustomers(CONFIG)
+    out = feed(group, [order("a", 0, "o1"), view("a", 50, "v1")])
+    times = [o.t for o in out if isinstance(o, ScoreRequest)]
+    assert times == sorted(times)
+    assert segment_changes(out) == [("prospect", "new"), ("new", "silent")]
+
+
 # -- snapshots --------------------------------------------------------------------
 
 
