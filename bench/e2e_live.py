@@ -55,7 +55,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from customer_stage import emit, loadavg  # noqa: E402
 
-from engine.cli import child_env, dataflow_command  # noqa: E402
+from engine.cli import child_env, dataflow_command, produce_pairs  # noqa: E402
 from engine.connectors.kafka import ensure_topics, idempotent_producer  # noqa: E402
 from engine.connectors.redis_sink import customer_key  # noqa: E402
 from engine.customers import KeyGroupCustomers  # noqa: E402
@@ -190,33 +189,6 @@ def probe_event(store: str, customer: str, ts: float, n: int) -> bytes:
             sku="sku-1",
         )
     )
-
-
-def produce(settings: Settings, pairs: Iterator[tuple[bytes, bytes]]) -> int:
-    """Produce (key, value) pairs with the idempotent producer; wait for every ack."""
-    producer = idempotent_producer(settings.brokers)
-    failures: list[str] = []
-
-    def on_delivery(err: object, msg: object) -> None:
-        if err is not None:
-            failures.append(str(err))
-
-    sent = 0
-    for key, value in pairs:
-        while True:
-            try:
-                producer.produce(
-                    settings.events_topic, key=key, value=value, on_delivery=on_delivery
-                )
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-        sent += 1
-    remaining = producer.flush(120)
-    if remaining or failures:
-        raise SystemExit(f"{remaining} unacknowledged, {len(failures)} failed: {failures[:3]}")
-    return sent
 
 
 # -- the live dataflow ----------------------------------------------------------------
@@ -455,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_topics(settings.brokers, [settings.events_topic, settings.dead_letter_topic])
         sentinel = probe_event(stream.store, SENTINEL, stream.end_ts, 0)
         t0 = time.perf_counter()
-        sent = produce(
+        sent = produce_pairs(
             settings,
             iter(
                 [

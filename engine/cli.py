@@ -144,13 +144,11 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 # -- produce ----------------------------------------------------------------------
 
 
-def produce_lines(settings: Settings, lines: Iterable[bytes], total: int | None = None) -> int:
-    """Produce raw event lines keyed by store:customer; unparseable lines keyed ``invalid``.
-
-    Lines that are not valid events are produced as they are, so that the dataflow
-    dead-letters them with the reason (nothing is dropped at the edge).
-    """
-    ensure_topics(settings.brokers, [settings.events_topic, settings.dead_letter_topic])
+def produce_pairs(
+    settings: Settings, pairs: Iterable[tuple[bytes, bytes]], flush_s: float = 120.0
+) -> int:
+    """Produce (key, value) pairs to the events topic with the idempotent producer and
+    wait for every acknowledgement; raise ``SystemExit`` naming what failed."""
     producer = idempotent_producer(settings.brokers)
     failures: list[str] = []
 
@@ -159,7 +157,32 @@ def produce_lines(settings: Settings, lines: Iterable[bytes], total: int | None 
             failures.append(str(err))
 
     sent = 0
-    for line in tqdm(lines, total=total, unit="ev", desc="produce", mininterval=1.0):
+    for key, value in pairs:
+        while True:
+            try:
+                producer.produce(
+                    settings.events_topic, key=key, value=value, on_delivery=on_delivery
+                )
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+        sent += 1
+    remaining = producer.flush(flush_s)
+    if remaining or failures:
+        raise SystemExit(
+            f"{remaining} messages unacknowledged, {len(failures)} failed: {failures[:3]}"
+        )
+    return sent
+
+
+def keyed_lines(lines: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """Non-blank lines keyed ``store:customer``; lines that are not events keyed ``invalid``.
+
+    >>> [key for key, _ in keyed_lines([b"junk", b"", b'{"type": "x"}'])]
+    [b'invalid', b'invalid']
+    """
+    for line in lines:
         line = line.strip()
         if not line:
             continue
@@ -167,22 +190,18 @@ def produce_lines(settings: Settings, lines: Iterable[bytes], total: int | None 
             key = decode_event(line).key.encode()
         except Exception:  # noqa: BLE001 - bad input still goes to the dataflow's dead letters
             key = b"invalid"
-        while True:
-            try:
-                producer.produce(
-                    settings.events_topic, key=key, value=line, on_delivery=on_delivery
-                )
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-        sent += 1
-    remaining = producer.flush(60)
-    if remaining or failures:
-        raise SystemExit(
-            f"{remaining} messages unacknowledged, {len(failures)} failed: {failures[:3]}"
-        )
-    return sent
+        yield key, line
+
+
+def produce_lines(settings: Settings, lines: Iterable[bytes], total: int | None = None) -> int:
+    """Produce raw event lines keyed by store:customer; unparseable lines keyed ``invalid``.
+
+    Lines that are not valid events are produced as they are, so that the dataflow
+    dead-letters them with the reason (nothing is dropped at the edge).
+    """
+    ensure_topics(settings.brokers, [settings.events_topic, settings.dead_letter_topic])
+    progress = tqdm(lines, total=total, unit="ev", desc="produce", mininterval=1.0)
+    return produce_pairs(settings, keyed_lines(progress), flush_s=60.0)
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
