@@ -31,16 +31,6 @@ def _recency(x: dict[str, float]) -> str:
     return f"{days:.0f} days since last order"
 
 
-def _silence(x: dict[str, float]) -> str:
-    """The words of ``dropout_evidence`` (a silence weighed by the orders before it).
-
-    >>> _silence({"days_since_last_order": 82.0, "order_count": 4.0})
-    'silent for 82 days after 4 orders'
-    """
-    days, orders = x.get("days_since_last_order", 0.0), round(x.get("order_count", 0.0))
-    return f"silent for {days:.0f} days after {_plural(orders, 'order')}"
-
-
 def _last_visit(x: dict[str, float]) -> str:
     """Days since the last visit, or that there is none (the count then runs from
     when the customer was first seen, which is not a visit).
@@ -56,9 +46,11 @@ def _last_visit(x: dict[str, float]) -> str:
     return f"last visit {_plural(round(days), 'day')} ago"
 
 
-_FROM_VECTOR = {"days_since_last_order": _recency, "overdue_ratio": _recency}
-_FROM_VECTOR |= {"recency": _recency, "dropout_evidence": _silence}
-_FROM_VECTOR["days_since_last_visit"] = _last_visit
+_FROM_VECTOR = {
+    "recency": _recency,  # the grouped recency inputs (see grouped)
+    "overdue_ratio": _recency,  # the cold prior's reason
+    "days_since_last_visit": _last_visit,
+}
 """Phrases read from the whole feature vector rather than the one value."""
 
 _WINDOWS = {"7d": "7 days", "30d": "30 days", "90d": "90 days", "365d": "year"}
