@@ -185,7 +185,7 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         self.horizon_s = horizon_s
         """The label horizon: an example is emitted at its ``t0`` plus this."""
         self.held: list[ScoreRequest | Example] = []
-        """With ``event_order``: everything but final requests, until EOF."""
+        """With ``event_order``: every item, until EOF."""
 
     def _score(self, requests: list[ScoreRequest]) -> list[Scored]:
         results = self.model.score_batch([r.features for r in requests])
@@ -198,12 +198,8 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         if values:  # Bytewax builders get no key: learn the shard number from an item
             self.model.shard = int(model_shard(values[0], self.shards))
-        if self.event_order:
-            for item in values:
-                if isinstance(item, ScoreRequest) and item.cause == "final":
-                    self.final_requests.append(item)
-                elif isinstance(item, (ScoreRequest, Example)):
-                    self.held.append(item)
+        if self.event_order:  # _handle sorts out the final requests at EOF
+            self.held.extend(values)
             return [], StatefulBatchLogic.RETAIN
         return self._handle(values), StatefulBatchLogic.RETAIN
 
