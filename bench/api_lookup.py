@@ -21,6 +21,9 @@ Then, on loopback, in this order:
 * ``redis_get_*``: ``redis-benchmark`` GETting the same customer keys at random
   (``-r``), for comparison: what Redis alone serves, without HTTP, auth and JSON.
 * ``redis_tget_*``: plain ``redis-benchmark -t get`` (its own 3-byte key), Redis' ceiling.
+* ``api_lookup_cpu_ms_per_request``: CPU seconds (user + system, ``/proc``) the
+  uvicorn processes used during the wrk run, per request served: the API's own cost,
+  less sensitive to other load on the machine than requests/s.
 * ``redis_bytes_per_customer``: ``INFO memory`` used_memory after loading minus before,
   per customer (profile string + segment sorted-set entry + key overhead).
 
@@ -226,6 +229,36 @@ def run_redis_benchmark(port: int, extra: list[str]) -> dict[str, float]:
     return {name: float(value) for name, value in row.items() if name != "test"}
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (uvicorn's master spawns the workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree: list[int] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used (gone ones count 0)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def redis_used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
@@ -239,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--redis-requests", type=int, default=200_000)
     parser.add_argument("--redis-clients", type=int, default=50)
+    parser.add_argument(
+        "--api-only", action="store_true", help="skip the redis-benchmark comparison"
+    )
     args = parser.parse_args(argv)
     for tool in ("wrk", "redis-benchmark"):
         if shutil.which(tool) is None:
@@ -279,12 +315,22 @@ def main(argv: list[str] | None = None) -> int:
 
         api = start_api(settings, args.api_workers)
         url = f"http://{settings.api_host}:{settings.api_port}"
+        api_pids = process_tree(api.pid)
+        cpu_before = cpu_seconds(api_pids)
         wrk = run_wrk(url, key, args.customers, args)
+        api_cpu_s = cpu_seconds(api_pids) - cpu_before
+        emit("loadavg_after_wrk", loadavg(), "1/5/15min")
         emit("api_lookup_rps", wrk["wrk_rps"], "requests/s")
         emit("api_lookup_p50_ms", wrk["wrk_p50_ms"], "ms")
         emit("api_lookup_p90_ms", wrk["wrk_p90_ms"], "ms")
         emit("api_lookup_p99_ms", wrk["wrk_p99_ms"], "ms")
         emit("api_lookup_requests", int(wrk["wrk_requests"]), "requests")
+        emit("api_lookup_cpu_s", api_cpu_s, "CPU-s(uvicorn processes, during wrk)")
+        emit(
+            "api_lookup_cpu_ms_per_request",
+            1000 * api_cpu_s / max(1.0, wrk["wrk_requests"]),
+            "CPU-ms/request",
+        )
         emit("api_lookup_non2xx", int(wrk["wrk_non2xx"]), "responses")
         emit("api_lookup_socket_errors", int(wrk["wrk_socket_errors"]), "errors")
         emit(
@@ -293,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
             "threads/connections/duration",
         )
 
+        if args.api_only:
+            emit("loadavg_after", loadavg(), "1/5/15min")
+            return 0
         pattern = f"{settings.key_prefix}:{{{STORE}}}:customer:__rand_int__"
         common = ["-n", str(args.redis_requests), "-c", str(args.redis_clients)]
         real = run_redis_benchmark(redis_port, [*common, "-r", str(args.customers), "GET", pattern])
