@@ -29,8 +29,27 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _redis_key(prefix: str, key_hash: str) -> str:
+def key_record(prefix: str, key_hash: str) -> str:
+    """The Redis key holding an API key's record.
+
+    >>> key_record("cf", "ab12")
+    'cf:apikey:ab12'
+    """
     return f"{prefix}:apikey:{key_hash}"
+
+
+def parse_key(raw: bytes | str | None) -> ApiKey | None:
+    """An API key's record as stored (``None`` when there is none: unknown or revoked).
+
+    >>> parse_key(b'{"store_id": "demo", "scopes": ["read"]}')
+    ApiKey(store_id='demo', scopes=('read',))
+    >>> parse_key(None) is None
+    True
+    """
+    if raw is None:
+        return None
+    doc = orjson.loads(raw)
+    return ApiKey(store_id=doc["store_id"], scopes=tuple(doc["scopes"]))
 
 
 def create_key(
@@ -46,17 +65,13 @@ def create_key(
         raise ValueError(f"unknown scopes {sorted(unknown)}; known: {SCOPES}")
     key = key or f"cfk_{secrets.token_urlsafe(24)}"
     doc = {"store_id": store_id, "scopes": list(scopes)}
-    client.set(_redis_key(prefix, hash_key(key)), orjson.dumps(doc))
+    client.set(key_record(prefix, hash_key(key)), orjson.dumps(doc))
     return key
 
 
 def revoke_key(client: redis.Redis, prefix: str, key: str) -> bool:
-    return bool(client.delete(_redis_key(prefix, hash_key(key))))
+    return bool(client.delete(key_record(prefix, hash_key(key))))
 
 
 def lookup_key(client: redis.Redis, prefix: str, key: str) -> ApiKey | None:
-    raw = client.get(_redis_key(prefix, hash_key(key)))
-    if raw is None:
-        return None
-    doc = orjson.loads(raw)
-    return ApiKey(store_id=doc["store_id"], scopes=tuple(doc["scopes"]))
+    return parse_key(client.get(key_record(prefix, hash_key(key))))

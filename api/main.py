@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
+import redis.asyncio
 from confluent_kafka import KafkaException
 from fastapi import FastAPI
 
@@ -43,6 +44,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.settings.redis_url, max_connections=64, timeout=5, socket_timeout=5
         )
         app.state.redis = redis.Redis(connection_pool=pool)
+        # the hot path (API keys, rate limits, score lookups) runs on the event loop:
+        # async routes and dependencies, one pipeline per request
+        async_pool = redis.asyncio.BlockingConnectionPool.from_url(
+            app.state.settings.redis_url, max_connections=64, timeout=5, socket_timeout=5
+        )
+        app.state.async_redis = redis.asyncio.Redis(connection_pool=async_pool)
         # Webhooks produce through one idempotent producer; the API still serves
         # reads when the broker is down (webhooks then answer 503).
         app.state.produce_timeout_s = webhooks.PRODUCE_TIMEOUT_S
@@ -61,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.producer = None  # let librdkafka's threads go with the object
             app.state.redis.close()
             pool.disconnect()
+            await app.state.async_redis.aclose()
+            await async_pool.disconnect()
 
     app = FastAPI(title="churnflow", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)

@@ -21,14 +21,18 @@ unsigned bodies cannot use up a store's budget.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import weakref
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import orjson
 import redis
+import redis.asyncio
 from fastapi import HTTPException
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError
@@ -38,6 +42,8 @@ __all__ = [
     "Verdict",
     "apikey_bucket",
     "enforce",
+    "read_with_token",
+    "refusal",
     "retry_after_s",
     "take_token",
     "webhook_bucket",
@@ -72,6 +78,7 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return {allowed, tostring(wait), tostring(tokens)}
 """
+TOKEN_BUCKET_SHA = hashlib.sha1(TOKEN_BUCKET_LUA.encode()).hexdigest()
 
 _scripts: weakref.WeakKeyDictionary[redis.Redis, Script] = weakref.WeakKeyDictionary()
 
@@ -109,22 +116,73 @@ def take_token(client: redis.Redis, bucket: str, rate: float, burst: int) -> Ver
     script = _scripts.get(client)
     if script is None:
         script = _scripts[client] = client.register_script(TOKEN_BUCKET_LUA)
-    allowed, wait, left = script(keys=[bucket], args=[repr(float(rate)), int(burst), 1])
+    return verdict_of(script(keys=[bucket], args=[repr(float(rate)), int(burst), 1]))
+
+
+def verdict_of(reply: Sequence[Any]) -> Verdict:
+    """The script's reply as a :class:`Verdict`.
+
+    >>> verdict_of([0, b"1.5", b"0.25"])
+    Verdict(allowed=False, wait_s=1.5, tokens_left=0.25)
+    """
+    allowed, wait, left = reply
     return Verdict(bool(int(allowed)), float(wait), float(left))
 
 
-def enforce(client: redis.Redis, bucket: str, rate: float, burst: int, what: str) -> None:
-    """Take a token or raise 429 ``rate_limited`` with ``Retry-After``."""
-    verdict = take_token(client, bucket, rate, burst)
+def refusal(verdict: Verdict, rate: float, burst: int, what: str) -> ApiError | None:
+    """429 ``rate_limited`` with ``Retry-After`` for a refused token, else ``None``.
+
+    >>> refusal(Verdict(True, 0.0, 3.0), 1.0, 5, "this API key") is None
+    True
+    >>> error = refusal(Verdict(False, 0.4, 0.6), 1.0, 5, "this API key")
+    >>> error.status, error.headers
+    (429, {'Retry-After': '1'})
+    """
     if verdict.allowed:
-        return
+        return None
     seconds = retry_after_s(verdict.wait_s)
-    raise ApiError(
+    return ApiError(
         429,
         "rate_limited",
         f"rate limit of {what} exceeded ({rate:g}/s, burst {burst}); retry in {seconds}s",
         headers={"Retry-After": str(seconds)},
     )
+
+
+def enforce(client: redis.Redis, bucket: str, rate: float, burst: int, what: str) -> None:
+    """Take a token or raise 429 ``rate_limited`` with ``Retry-After``."""
+    error = refusal(take_token(client, bucket, rate, burst), rate, burst, what)
+    if error is not None:
+        raise error
+
+
+async def _token_and_reads(
+    client: redis.asyncio.Redis, bucket: str, rate: float, burst: int, reads: Sequence[str]
+) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    pipe.evalsha(TOKEN_BUCKET_SHA, 1, bucket, repr(float(rate)), int(burst), 1)
+    for key in reads:
+        pipe.get(key)
+    return list(await pipe.execute(raise_on_error=False))
+
+
+async def read_with_token(
+    client: redis.asyncio.Redis, bucket: str, rate: float, burst: int, reads: Sequence[str]
+) -> tuple[Verdict, list[bytes | None]]:
+    """Take one token from ``bucket`` and GET each of ``reads``: one pipeline, one round trip.
+
+    The script goes by its SHA1 (``EVALSHA``); a Redis that does not know it yet
+    (first call, restart, ``SCRIPT FLUSH``) gets it loaded and the pipeline is sent
+    again — the refused ``EVALSHA`` took no token.
+    """
+    replies = await _token_and_reads(client, bucket, rate, burst, reads)
+    if isinstance(replies[0], NoScriptError):
+        await client.script_load(TOKEN_BUCKET_LUA)
+        replies = await _token_and_reads(client, bucket, rate, burst, reads)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return verdict_of(replies[0]), replies[1:]
 
 
 class BodyLimitMiddleware:
