@@ -24,12 +24,12 @@ from pathlib import Path
 from types import FrameType
 
 import orjson
-import redis
 from tqdm import tqdm
 
 from engine.clock import wall_now
 from engine.connectors.kafka import ensure_topics, idempotent_producer
 from engine.events import decode_event
+from engine.redis_client import connect
 from engine.services import is_alive, read_services, services_down, services_up
 from engine.settings import Settings
 
@@ -134,7 +134,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     from api.keys import create_key, revoke_key
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     if args.action == "create":
         print(create_key(client, settings.key_prefix, args.store, tuple(args.scopes), args.key))
         return 0
@@ -245,7 +245,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         ensure_topics(settings.brokers, [settings.events_topic, settings.dead_letter_topic])
-        client = redis.Redis.from_url(settings.redis_url)
+        client = connect(settings.redis_url)
         key = create_key(
             client, settings.key_prefix, "cdnow", ("read", "ingest"), settings.demo_api_key
         )

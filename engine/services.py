@@ -134,9 +134,12 @@ def start_broker(run_dir: Path, port: int | None = None) -> Service:
     return _spawn("broker", argv, port, run_dir / "broker.log")
 
 
-def start_redis(run_dir: Path, port: int | None = None) -> Service:
-    """Start a redis-server without persistence on 127.0.0.1."""
+def start_redis(
+    run_dir: Path, port: int | None = None, extra: list[str] | None = None, name: str = "redis"
+) -> Service:
+    """Start a redis-server without persistence on 127.0.0.1 (``extra``: more options)."""
     port = port or free_port()
+    run_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         str(redis_binary()),
         "--bind",
@@ -151,8 +154,53 @@ def start_redis(run_dir: Path, port: int | None = None) -> Service:
         "yes",
         "--dir",
         str(run_dir.resolve()),
+        *(extra or []),
     ]
-    return _spawn("redis", argv, port, run_dir / "redis.log")
+    return _spawn(name, argv, port, run_dir / f"{name}.log")
+
+
+def start_redis_cluster(run_dir: Path, nodes: int = 3, timeout_s: float = 30.0) -> list[Service]:
+    """Start a Redis Cluster of ``nodes`` primaries (no replicas) on 127.0.0.1.
+
+    Each node is a redis-server with ``--cluster-enabled yes`` in its own directory;
+    ``redis-cli --cluster create`` assigns the 16,384 slots, then this waits until
+    every node reports ``cluster_state:ok``. A client reaches it with
+    ``redis+cluster://127.0.0.1:<port of any node>`` (``engine.redis_client``).
+    """
+    import redis  # the services module itself needs no client otherwise
+
+    started: list[Service] = []
+    try:
+        for i in range(nodes):
+            node_dir = run_dir / f"cluster-{i}"
+            extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            extra += ["--cluster-port", str(free_port())]  # else port + 10,000
+            started.append(start_redis(node_dir, extra=extra, name=f"redis-cluster-{i}"))
+        cli = shutil.which("redis-cli") or str(redis_binary().with_name("redis-cli"))
+        create = [cli, "--cluster", "create", *(s.address for s in started)]
+        subprocess.run(
+            [*create, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=timeout_s,
+        )
+        deadline = time.monotonic() + timeout_s
+        for service in started:
+            node = redis.Redis(host=service.host, port=service.port)
+            while node.cluster("INFO").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"cluster node {service.address} never reached state ok")
+                time.sleep(0.1)
+            node.close()
+    except (subprocess.SubprocessError, OSError) as exc:
+        for service in started:
+            stop_service(service)
+        raise ServiceError(f"cannot create a Redis Cluster: {exc}") from exc
+    except ServiceError:
+        for service in started:
+            stop_service(service)
+        raise
+    return started
 
 
 def stop_service(service: Service, timeout_s: float = 10.0) -> None:

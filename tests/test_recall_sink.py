@@ -13,6 +13,7 @@ import redis
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
+from engine import redis_client as redis_client_module
 from engine.connectors import recall_sink
 from engine.connectors.recall_sink import (
     EnqueueResult,
@@ -174,7 +175,7 @@ def test_sink_partition_writes_intents_only_and_retries(
             return real(*args, **kwargs)
 
         monkeypatch.setattr(recall_sink, "enqueue_intents", flaky)
-        monkeypatch.setattr(recall_sink.time, "sleep", lambda s: None)
+        monkeypatch.setattr(redis_client_module.time, "sleep", lambda s: None)
         part.write_batch([intent(1), intent(3), intent(4)])
         assert failures == []
         assert redis_client.xlen(queue_key(prefix, STORE, "email")) == 3
@@ -183,7 +184,7 @@ def test_sink_partition_writes_intents_only_and_retries(
             raise redis.ConnectionError("down")
 
         monkeypatch.setattr(recall_sink, "enqueue_intents", down)
-        part.max_retry_s = 0.0
+        part.redis.max_retry_s = 0.0
         with pytest.raises(redis.ConnectionError):
             part.write_batch([intent(5)])
     finally:

@@ -48,22 +48,26 @@ def row_field(row: RowKey) -> bytes:
 
 
 def write_snapshots(client: redis.Redis, prefix: str, items: list[Any]) -> int:
-    """Write the newest snapshot of each (store, key group) in one transaction."""
-    latest: dict[tuple[str, int], EffectsSnapshot] = {}
+    """Write the newest snapshot of each (store, key group): one transaction per store.
+
+    A store's hashes share its hash tag, so each transaction stays on one Redis
+    Cluster slot, and a reader of one store never sees half a batch.
+    """
+    latest: dict[str, dict[int, EffectsSnapshot]] = {}
     for item in items:
         if isinstance(item, EffectsSnapshot):
-            latest[(item.store_id, item.key_group)] = item
-    if not latest:
-        return 0
-    pipe = client.pipeline(transaction=True)
-    for (store, group), snap in latest.items():
-        key = effects_redis_key(prefix, store, group)
-        mapping = {row_field(row): orjson.dumps(counts) for row, counts in snap.rows.items()}
-        mapping[META_FIELD] = orjson.dumps(snap.meta)
-        pipe.delete(key)
-        pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]  # dict keys: invariant
-    pipe.execute()
-    return len(latest)
+            latest.setdefault(item.store_id, {})[item.key_group] = item
+    for store, groups in latest.items():
+        pipe = client.pipeline(transaction=True)
+        for group, snap in groups.items():
+            key = effects_redis_key(prefix, store, group)
+            rows = snap.rows.items()
+            mapping = {row_field(row): orjson.dumps(counts) for row, counts in rows}
+            mapping[META_FIELD] = orjson.dumps(snap.meta)
+            pipe.delete(key)
+            pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]  # dict keys: invariant
+        pipe.execute()
+    return sum(len(groups) for groups in latest.values())
 
 
 def read_effects(

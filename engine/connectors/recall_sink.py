@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 import weakref
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -34,6 +33,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from redis.commands.core import Script
 
+from engine.redis_client import RetryingClient, is_cluster
 from engine.triggers.intent import RecallIntent
 
 __all__ = [
@@ -145,23 +145,30 @@ def enqueue_intents(
     ttl_s: int = DEFAULT_TTL_S,
     log_maxlen: int = DEFAULT_LOG_MAXLEN,
 ) -> EnqueueResult:
-    """Enqueue each intent unless its idempotency key was enqueued before (one pipeline)."""
+    """Enqueue each intent unless its idempotency key was enqueued before.
+
+    One pipeline on a single server; on a Redis Cluster (which refuses scripts in
+    pipelines) one script call per intent, each on its store's slot.
+    """
     batch = list(intents)
     if not batch:
         return EnqueueResult(0, 0, 0)
     script = _script(client)
-    pipe = client.pipeline(transaction=False)
+    calls: list[tuple[list[str], list[Any]]] = []
     for intent in batch:
         if intent.holdout:
             target, status = suppressed_key(prefix, intent.store_id), "suppressed"
         else:
             target, status = queue_key(prefix, intent.store_id, intent.channel), "queued"
-        script(
-            keys=[marker_key(prefix, intent), target, log_key(prefix, intent.store_id)],
-            args=[int(ttl_s), int(log_maxlen), status, *intent_fields(intent)],
-            client=pipe,
-        )
-    results = pipe.execute()
+        keys = [marker_key(prefix, intent), target, log_key(prefix, intent.store_id)]
+        calls.append((keys, [int(ttl_s), int(log_maxlen), status, *intent_fields(intent)]))
+    if is_cluster(client):
+        results = [script(keys=keys, args=args) for keys, args in calls]
+    else:
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        results = pipe.execute()
     enqueued = duplicates = suppressed = 0
     for intent, added in zip(batch, results, strict=True):
         if not added:
@@ -177,39 +184,27 @@ class _RecallPartition(StatelessSinkPartition[Any]):
     def __init__(
         self, url: str, prefix: str, ttl_s: int, log_maxlen: int, max_retry_s: float
     ) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=10)
+        self.redis = RetryingClient(url, max_retry_s, socket_timeout=10)
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.log_maxlen = log_maxlen
-        self.max_retry_s = max_retry_s
 
     def write_batch(self, items: list[Any]) -> None:
         intents = [item for item in items if isinstance(item, RecallIntent)]
         if not intents:
             return
-        delay = 0.1
-        deadline = time.monotonic() + self.max_retry_s
-        while True:
-            try:
-                # a retry re-sends the whole batch: what was already enqueued is a duplicate
-                result = enqueue_intents(
-                    self.client,
-                    self.prefix,
-                    intents,
-                    ttl_s=self.ttl_s,
-                    log_maxlen=self.log_maxlen,
-                )
-                log.debug("recall queue: %s", result)
-                return
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("recall enqueue failed, retrying in %.1fs: %s", delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+
+        def enqueue(client: redis.Redis) -> EnqueueResult:
+            # a retry re-sends the whole batch: what was already enqueued is a duplicate
+            return enqueue_intents(
+                client, self.prefix, intents, ttl_s=self.ttl_s, log_maxlen=self.log_maxlen
+            )
+
+        result = self.redis.call(enqueue, "recall enqueue")
+        log.debug("recall queue: %s", result)
 
     def close(self) -> None:
-        self.client.close()
+        self.redis.close()
 
 
 class RecallSink(DynamicSink[Any]):

@@ -16,7 +16,6 @@ connection is retried with backoff rather than crashing the dataflow.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +25,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from engine.messages import Erased, GroupAggregates, ModelStatus, Scored, StageCounters
+from engine.redis_client import RetryingClient
 from engine.segments import SEGMENTS
 
 log = logging.getLogger(__name__)
@@ -170,27 +170,15 @@ BatchWriter = Callable[[redis.Redis, str, list[Any]], object]
 
 class _RedisPartition(StatelessSinkPartition[Any]):
     def __init__(self, url: str, prefix: str, max_retry_s: float, write: BatchWriter) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=10)
+        self.redis = RetryingClient(url, max_retry_s, socket_timeout=10)
         self.prefix = prefix
-        self.max_retry_s = max_retry_s
         self.write = write
 
     def write_batch(self, items: list[Any]) -> None:
-        delay = 0.1
-        deadline = time.monotonic() + self.max_retry_s
-        while True:
-            try:
-                self.write(self.client, self.prefix, items)
-                return
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("redis write failed, retrying in %.1fs: %s", delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        self.redis.call(lambda client: self.write(client, self.prefix, items))
 
     def close(self) -> None:
-        self.client.close()
+        self.redis.close()
 
 
 class RedisSink(DynamicSink[Any]):

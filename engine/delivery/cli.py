@@ -25,6 +25,7 @@ from engine.connectors.kafka import ensure_topics, idempotent_producer
 from engine.delivery.providers import Provider, RedisDirectory, SmtpProvider, WebhookProvider
 from engine.delivery.worker import DeliveryWorker, WorkerConfig
 from engine.events import CHANNELS
+from engine.redis_client import connect
 from engine.settings import Settings
 
 __all__ = ["DeliverySettings", "add_deliver_parser", "build_provider", "cmd_deliver"]
@@ -84,7 +85,7 @@ def add_deliver_parser(sub: Any) -> None:
 
 def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
     conf = DeliverySettings()
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    client = connect(settings.redis_url, socket_timeout=30)
     ensure_topics(settings.brokers, [settings.events_topic])
     producer = idempotent_producer(settings.brokers)
     config = WorkerConfig(
