@@ -26,9 +26,9 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
+import secrets
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,7 +62,7 @@ def safe_request_id(given: str | None) -> str:
     """The client's request id if it is a short token, else a new random one."""
     if given and _REQUEST_ID.match(given):
         return given
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 class JsonFormatter(logging.Formatter):

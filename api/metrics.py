@@ -233,12 +233,14 @@ class MetricsMiddleware:
         started = time.perf_counter()
         status = 500
         body = bytearray()
+        # only a webhook's answer is read (for its outcome): no copy of other bodies
+        keep_body = "/webhooks/" in scope.get("path", "")
 
         async def observe(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            elif message["type"] == "http.response.body" and len(body) < 65536:
+            elif keep_body and message["type"] == "http.response.body" and len(body) < 65536:
                 body.extend(message.get("body", b""))
             await send(message)
 
