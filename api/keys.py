@@ -71,7 +71,3 @@ def create_key(
 
 def revoke_key(client: redis.Redis, prefix: str, key: str) -> bool:
     return bool(client.delete(key_record(prefix, hash_key(key))))
-
-
-def lookup_key(client: redis.Redis, prefix: str, key: str) -> ApiKey | None:
-    return parse_key(client.get(key_record(prefix, hash_key(key))))
