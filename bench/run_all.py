@@ -12,7 +12,9 @@ Steps (each a child process; its own ``name value unit`` lines go to stderr as t
 * ``api``: ``bench/api_lookup.py`` — wrk against the score API (skipped, saying so, when
   ``wrk`` or ``redis-benchmark`` is not installed; ``make bench`` installs them);
 * ``quality``: ``churnflow replay`` on CDNOW up to 1997-09-30, then ``bench/quality.py``
-  with its scores — ROC/PR AUC of churnflow and the batch baselines.
+  with its scores — ROC/PR AUC of churnflow and the batch baselines;
+* ``recall``: ``bench/recall_truth.py`` — recall coverage and the uplift estimate's
+  error against the simulator's truth.
 
 Then prints one line per headline figure (``name value unit``; ``n/a`` when its step
 failed or was skipped), then ``quality_<method>_{roc,pr}_auc`` lines, and rewrites the
@@ -67,6 +69,12 @@ CONTEXT = (
     "state_mem_bytes_per_customer",
     "api_lookup_customers",
     "api_lookup_non2xx",
+    "uplift_true",
+    "uplift_estimate",
+    "uplift_error",
+    "uplift_ci_covers_truth",
+    "recall_coverage",
+    "recall_precision_no_order_90d",
 )
 
 
@@ -136,10 +144,12 @@ def steps(quick: bool, scores_csv: Path) -> list[Step]:
     if quick:
         e2e = ["--events", "5000", "--customers", "500", "--latency-seconds", "5"]
         state, api = ["--sizes", "2000"], ["--customers", "20000", "--duration", "5"]
+        recall = ["--customers", "600"]
         suffix = "2k"
     else:
         e2e = ["--events", "1000000", "--customers", "100000"]
         state, api = ["--sizes", "100000"], ["--customers", "1000000", "--duration", "20"]
+        recall = ["--customers", "3000"]
         suffix = "100k"
     state_names = ("state_bytes_per_customer", "state_mem_bytes_per_customer", "customers")
     replay = [*py, "-m", "engine.cli", "replay", "--source", "cdnow", "--until", "1997-09-30"]
@@ -156,6 +166,7 @@ def steps(quick: bool, scores_csv: Path) -> list[Step]:
         Step("replay", [*py, str(BENCH / "replay_cdnow.py")]),
         Step("api", [*py, str(BENCH / "api_lookup.py"), *api], needs=("wrk", "redis-benchmark")),
         Step("quality", replay),
+        Step("recall", [*py, str(BENCH / "recall_truth.py"), *recall]),
     ]
 
 

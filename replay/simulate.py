@@ -82,6 +82,7 @@ from engine.events import (
     decode_event,
 )
 from engine.settings import Settings
+from engine.triggers.assignment import in_holdout
 
 __all__ = [
     "MARKETS",
@@ -90,7 +91,9 @@ __all__ = [
     "SimulationError",
     "SimulationRun",
     "read_events",
+    "recall_rules",
     "simulate",
+    "store_ids",
     "write_simulation",
 ]
 
@@ -206,6 +209,11 @@ class SimulationConfig:
     """True effect: P(extra order within ``effect_window_days`` of a recall | treated)."""
     holdout: float = 0.2
     """Share of recall-eligible customers who get no message (and no effect)."""
+    holdout_salt: str | None = None
+    """Draw the holdout with churnflow's own assignment (``in_holdout(store, customer,
+    salt, holdout)``), so a store whose rules file says ``holdout: {fraction: <holdout>,
+    salt: <salt>}`` holds out exactly the simulator's holdout customers and churnflow's
+    uplift estimate can be checked against the truth. ``None``: a seeded draw."""
     recall_after_days: float = 30.0
     effect_window_days: float = 7.0
     horizon_days: int = 90
@@ -552,6 +560,11 @@ def _recall_opportunity(
     config = c.config
     rng = c.rng("recall")
     minute, group_u, response_u = rng.randrange(60), rng.random(), rng.random()
+    if config.holdout_salt is None:
+        treated = group_u >= config.holdout
+    else:
+        held = in_holdout(c.store_id, c.customer_id, config.holdout_salt, config.holdout)
+        treated = not held
     window = config.effect_window_days * DAY
     offset = rng.uniform(2 * HOUR, window - HOUR)
     for k, order_ts in enumerate(orders):
@@ -566,7 +579,7 @@ def _recall_opportunity(
         return _Recall(
             send_at=send_at,
             channel=channel,
-            treated=group_u >= config.holdout,
+            treated=treated,
             responded=response_u < config.effect,
             order_at=send_at + offset,
             baseline_converted=any(send_at < t <= send_at + window for t in orders),
@@ -915,6 +928,60 @@ def simulate(
         "customers": truths,
     }
     return SimulationRun(config, truth, None if spill else (runs[0] if runs else []), tmp, paths)
+
+
+_RECALL_RULES = """store_id: {store}
+timezone: UTC
+quiet_hours: null
+caps:
+  overall:
+    - {{max: 1, per_days: 3650}}
+holdout: {{fraction: {holdout}, salt: "{salt}"}}
+channels:
+  default: [{channels}]
+rules:
+  - id: {rule}
+    type: dormancy
+    when: {{min_orders: 1}}
+    steps:
+      - {{after_days: {after_days}, template: dormancy_1}}
+"""
+
+
+def store_ids(config: SimulationConfig) -> list[str]:
+    """The simulated stores' ids.
+
+    >>> store_ids(SimulationConfig(stores=2))
+    ['sim-1', 'sim-2']
+    """
+    return [f"sim-{n}" for n in range(1, config.stores + 1)]
+
+
+def recall_rules(config: SimulationConfig, store_id: str) -> str:
+    """The simulator's recall experiment as a churnflow rules file for one store.
+
+    One ``winback`` dormancy step after ``recall_after_days``, once per customer (a
+    cap of one message in ten years: the simulator recalls a customer once), on the
+    first consented channel in the simulator's order, with the simulator's holdout
+    fraction and salt — with ``holdout_salt`` set, churnflow then holds out exactly
+    the simulator's holdout customers.
+
+    >>> text = recall_rules(SimulationConfig(holdout=0.3, holdout_salt="s"), "sim-1")
+    >>> "fraction: 0.3, salt: 's'" in text.replace(chr(34), chr(39))
+    True
+    >>> "after_days: 30.0" in text
+    True
+    """
+    if config.holdout_salt is None:
+        raise SimulationError("recall_rules needs a holdout_salt (else the groups differ)")
+    return _RECALL_RULES.format(
+        store=store_id,
+        holdout=config.holdout,
+        salt=config.holdout_salt,
+        channels=", ".join(RECALL_CHANNELS),
+        rule=RECALL_RULE_ID,
+        after_days=config.recall_after_days,
+    )
 
 
 def write_simulation(

@@ -2,6 +2,7 @@
 
 churnflow simulate --stores 3 --customers 10000 --days 365 --seed 7 --start 2025-01-01 \\
                    --out sim.jsonl [--truth-out FILE] [--effect 0.1] [--holdout 0.2] \\
+                   [--holdout-salt SALT] \\
                    [--kafka [--rate 5000]] [--utc]
 
 Writes one canonical event per line to ``--out`` and the truth (per customer: rate,
@@ -38,6 +39,10 @@ def add_simulate_parser(sub: Any) -> None:
     simulate.add_argument("--truth-out", type=Path, help="truth JSON (default: beside --out)")
     simulate.add_argument("--effect", type=float, default=0.1, help="P(extra order | recall)")
     simulate.add_argument("--holdout", type=float, default=0.2, help="share never messaged")
+    simulate.add_argument(
+        "--holdout-salt",
+        help="draw the holdout as churnflow's rules do with this salt (checkable uplift)",
+    )
     simulate.add_argument("--recall-after-days", type=float, default=30.0)
     simulate.add_argument("--effect-window-days", type=float, default=7.0)
     simulate.add_argument("--horizon-days", type=int, default=90)
@@ -95,6 +100,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             start=args.start,
             effect=args.effect,
             holdout=args.holdout,
+            holdout_salt=args.holdout_salt,
             recall_after_days=args.recall_after_days,
             effect_window_days=args.effect_window_days,
             horizon_days=args.horizon_days,

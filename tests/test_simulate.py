@@ -7,11 +7,22 @@ from datetime import datetime
 from pathlib import Path
 
 import orjson
+from bytewax.testing import TestingSink, TestingSource, run_main
 
 from engine.events import OrderEvent, decode_event
+from engine.flow import FlowSinks, build_flow
 from engine.settings import Settings
+from engine.triggers.assignment import in_holdout
+from engine.triggers.intent import RecallIntent
 from replay.harness import run_replay
-from replay.simulate import SimulationConfig, read_events, simulate, write_simulation
+from replay.simulate import (
+    SimulationConfig,
+    read_events,
+    recall_rules,
+    simulate,
+    store_ids,
+    write_simulation,
+)
 
 
 def lines_of(config: SimulationConfig) -> list[bytes]:
@@ -65,3 +76,37 @@ def test_a_simulation_replays_through_the_dataflow():
     assert not result.dead_letters
     buyers = {e.customer_id for e in events if isinstance(e, OrderEvent)}
     assert {s.request.customer_id for s in result.final_scores} == buyers
+
+
+def test_churnflow_holds_out_exactly_the_simulators_holdout(tmp_path: Path) -> None:
+    """With ``holdout_salt``, the simulator draws its holdout as churnflow's rules do:
+    replayed through ``build_flow`` with :func:`recall_rules`, churnflow's holdout
+    intents go to the simulator's holdout customers and its queued ones to the
+    treated, and the simulator's recall-eligible customers are reached."""
+    config = SimulationConfig(
+        stores=2, customers=300, days=240, seed=9, holdout=0.3, holdout_salt="t", effect=0.2
+    )
+    for store in store_ids(config):
+        (tmp_path / f"{store}.yaml").write_text(recall_rules(config, store))
+    intents: list[RecallIntent] = []
+    sinks = FlowSinks(
+        redis=TestingSink([]), dead_letter=TestingSink([]), recalls=TestingSink(intents)
+    )
+    with simulate(config) as run:
+        lines, truth = list(run.lines()), run.truth
+    run_main(build_flow(TestingSource(lines, batch_size=500), sinks, Settings(rules_dir=tmp_path)))
+
+    groups = {
+        (c["store_id"], c["customer_id"]): c["recall"]["group"]
+        for c in truth["customers"]
+        if c["recall"] is not None
+    }
+    held = {(i.store_id, i.customer_id) for i in intents if i.holdout}
+    queued = {(i.store_id, i.customer_id) for i in intents if not i.holdout}
+    assert held and queued
+    assert not held & {k for k, g in groups.items() if g == "treated"}
+    assert not queued & {k for k, g in groups.items() if g == "holdout"}
+    for key in held | queued:  # the same hash decides, eligible for the simulator or not
+        assert in_holdout(*key, "t", 0.3) == (key in held)
+    reached = [k for k in groups if k in held | queued]
+    assert len(reached) >= 0.9 * len(groups), (len(reached), len(groups))
