@@ -37,7 +37,7 @@ from engine.cohorts import CohortTable, CustomerPeriods, LifecycleCounts, week_i
 from engine.events import EraseRequest, Event, OrderEvent
 from engine.features.state import CustomerState
 from engine.features.vector import FEATURE_NAMES, feature_vector, profile_attributes
-from engine.keygroups import EventIdDedup, TimerHeap, Watermark
+from engine.keygroups import EventIdDedup, Timer, TimerHeap, Watermark
 from engine.messages import (
     Erased,
     Example,
@@ -88,6 +88,35 @@ class StageConfig:
         return self.horizon_days * DAY
 
 
+def joined_blobs(blobs: dict[str, bytes]) -> tuple[str, array, bytes, array]:
+    """``blobs`` as four flat objects that pickle with no Python code per entry.
+
+    >>> split_blobs(joined_blobs({"s/a": b"xy", "s/bc": b"", "t/ü": b"z"}))
+    {'s/a': b'xy', 's/bc': b'', 't/ü': b'z'}
+    """
+    keys = list(blobs)
+    values = list(blobs.values())
+    return (
+        "".join(keys),
+        array("L", map(len, keys)),
+        b"".join(values),
+        array("L", map(len, values)),
+    )
+
+
+def split_blobs(joined: tuple[str, array, bytes, array]) -> dict[str, bytes]:
+    """The dict that :func:`joined_blobs` flattened."""
+    keys, key_lengths, data, data_lengths = joined
+    blobs: dict[str, bytes] = {}
+    key_at = data_at = 0
+    for key_length, data_length in zip(key_lengths, data_lengths, strict=True):
+        key = keys[key_at : key_at + key_length]
+        blobs[key] = data[data_at : data_at + data_length]
+        key_at += key_length
+        data_at += data_length
+    return blobs
+
+
 class CustomerRecord:
     """A customer's state plus the stage's bookkeeping for it."""
 
@@ -104,6 +133,7 @@ class CustomerRecord:
         "tier",
         "churn_t0s",
         "periods",
+        "timers",
     )
 
     def __init__(self) -> None:
@@ -123,11 +153,16 @@ class CustomerRecord:
         self.churn_t0s = array("d")
         """The newest prediction points labelled 1 (at most MAX_CHURN_T0S), to count
         late orders that would have answered them."""
+        self.timers: list[tuple[float, int, str, float]] = []
+        """The customer's pending timers as (at, seq, kind, ref): the group's timer heap
+        is rebuilt from them on restore, so it is never pickled whole."""
 
     def __getstate__(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, values: tuple[Any, ...]) -> None:
+        if len(values) == len(self.__slots__) - 1:  # pickled before records held timers
+            values = (*values, [])
         for name, value in zip(self.__slots__, values, strict=True):
             setattr(self, name, value)
 
@@ -157,6 +192,8 @@ class KeyGroupCustomers:
     """The event-time day (watermark // DAY) of the last published aggregates."""
     cart_checks: dict[str, float] = field(default_factory=dict)
     """Customer key → time of its pending cart check."""
+    orphan_timers: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    """Timers of erased customers still in the heap (number → the timer as a tuple)."""
     _history_cache: dict[str, tuple[int | None, list[dict[str, Any]]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -176,49 +213,100 @@ class KeyGroupCustomers:
     def snapshot(self) -> bytes:
         """An immutable copy of the whole group (one pickle).
 
-        Bytewax takes one at the end of every epoch in which the group saw an item.
-        Each customer's record is pickled on its own and the bytes are kept, so a
-        snapshot re-pickles only the customers touched (by an event or a timer)
-        since the last one: its cost follows the epoch's activity, not the group's
-        size. The kept bytes cost about the pickled size per customer in memory.
+        Bytewax takes one at the end of every epoch in which the group saw an item,
+        with or without recovery. Each customer's record (its pending timers
+        included) is pickled on its own and the bytes are kept, so a snapshot
+        re-pickles only the customers touched (by an event or a timer) since the
+        last one; the others are joined as they are, in C, with no Python code per
+        customer. The timer heap is not pickled (it is rebuilt from the records on
+        restore) and the event-id dedup pickles as two arrays, so the Python work of
+        a snapshot follows the epoch's activity, not the group's size. The kept
+        bytes cost about the pickled size per customer in memory.
         """
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _customer_blobs(self) -> dict[str, bytes]:
-        """Every customer's pickled record, in ``customers`` order; refreshes the cache."""
+        """Every customer's pickled record; refreshes the ones touched since the last call."""
         blobs, customers = self._blobs, self.customers
         for key in self._touched:
             record = customers.get(key)
             if record is not None:
                 blobs[key] = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+            else:  # erased
+                blobs.pop(key, None)
         self._touched.clear()
-        ordered: dict[str, bytes] = {}
-        for key, record in customers.items():
-            blob = blobs.get(key)
-            if blob is None:  # added other than through on_event (a test, a tool)
-                blob = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-            ordered[key] = blob
-        self._blobs = ordered  # also drops erased customers
-        return ordered
+        if len(blobs) != len(customers):  # added other than through on_event (a test, a tool)
+            self._touched.update(customers)
+            self._blobs = {}
+            return self._customer_blobs()
+        return blobs
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for derived in ("_history_cache", "_blobs", "_touched"):
+        for derived in ("_history_cache", "_blobs", "_touched", "timers"):
             state.pop(derived, None)
-        state["customers"] = self._customer_blobs()
-        state["customers_pickled"] = True
+        state["timer_seq"] = self.timers.seq
+        state["customers"] = joined_blobs(self._customer_blobs())
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        if state.pop("customers_pickled", False):
-            blobs = state["customers"]
+        heap: TimerHeap | None = state.pop("timers", None)  # before timers lived in records
+        seq = state.pop("timer_seq", 0)
+        state.setdefault("orphan_timers", {})
+        customers = state["customers"]
+        if isinstance(customers, tuple):  # joined blobs (see joined_blobs)
+            blobs = split_blobs(customers)
             state["customers"] = {key: pickle.loads(blob) for key, blob in blobs.items()}
-            self._blobs = blobs
+        elif state.pop("customers_pickled", False):  # one pickle per customer, in a dict
+            blobs = {}
+            state["customers"] = {key: pickle.loads(blob) for key, blob in customers.items()}
         else:  # a snapshot from before per-customer pickles
-            self._blobs = {}
+            blobs = {}
         self.__dict__.update(state)
         self._history_cache = {}
-        self._touched = set() if self._blobs else set(self.customers)
+        self._blobs = blobs
+        self._touched = set() if blobs else set(self.customers)
+        if heap is None:
+            self.timers = TimerHeap.rebuild(seq, self._held_timers())
+        else:
+            self.timers = heap
+            self._hand_timers_to_records(heap)
+
+    def _held_timers(self) -> list[Timer]:
+        """Every pending timer, from the records and the erased customers' leftovers."""
+        timers = [
+            Timer(at, seq, kind, key, ref)
+            for key, record in self.customers.items()
+            for at, seq, kind, ref in record.timers
+        ]
+        timers.extend(Timer(*timer) for timer in self.orphan_timers.values())
+        return timers
+
+    def _hand_timers_to_records(self, heap: TimerHeap) -> None:
+        """Give each record the timers of a heap pickled whole (an older snapshot)."""
+        for timer in sorted(heap, key=lambda t: t.seq):
+            record = self.customers.get(timer.customer_key)
+            if record is None:
+                self.orphan_timers[timer.seq] = tuple(timer)
+            else:
+                record.timers.append((timer.at, timer.seq, timer.kind, timer.ref))
+
+    def _push_timer(
+        self, record: CustomerRecord, at: float, kind: str, key: str, ref: float
+    ) -> None:
+        """Schedule a timer of the customer ``key`` (kept in its record for snapshots)."""
+        timer = self.timers.push(at, kind, key, ref)
+        record.timers.append((at, timer.seq, kind, ref))
+
+    def _drop_timer(self, record: CustomerRecord | None, timer: Timer) -> None:
+        """Forget a timer that was popped from the heap (from its record, or leftovers)."""
+        if record is not None:
+            held = record.timers
+            for i, (_, seq, _, _) in enumerate(held):
+                if seq == timer.seq:
+                    del held[i]
+                    return
+        self.orphan_timers.pop(timer.seq, None)
 
     @staticmethod
     def restore(blob: bytes) -> KeyGroupCustomers:
@@ -246,6 +334,8 @@ class KeyGroupCustomers:
             self.cart_checks.pop(key, None)
             if erased is not None:
                 counters["erased"] += 1
+                for at, seq, kind, ref in erased.timers:  # they stay in the heap
+                    self.orphan_timers[seq] = (at, seq, kind, key, ref)
                 self.cohorts.remove_customer(event.store_id, erased.periods)
                 self.lifecycle.move(event.store_id, erased.segment, None, erased.tier, None)
             out.append(Erased(event.store_id, event.customer_id, ts))
@@ -284,7 +374,7 @@ class KeyGroupCustomers:
         elif event.type == "add_to_cart" and self.config.cart_check_s > 0:
             if key not in self.cart_checks and in_order:
                 self.cart_checks[key] = ts + self.config.cart_check_s
-                self.timers.push(ts + self.config.cart_check_s, "cart", key, ts)
+                self._push_timer(record, ts + self.config.cart_check_s, "cart", key, ts)
         out.extend(self._score_request(key, record, t, "event", features))
         out.extend(self._fire_timers())
         return out
@@ -338,6 +428,7 @@ class KeyGroupCustomers:
             # lifecycle weeks close in event-time order, between the timers
             self.lifecycle.close_weeks_before(week_index(timer.at))
             record = self.customers.get(timer.customer_key)
+            self._drop_timer(record, timer)
             if record is None:  # erased since
                 timer = self.timers.pop_next_due(watermark)
                 continue
@@ -388,8 +479,8 @@ class KeyGroupCustomers:
         out.extend(self._score_request(key, record, at, "checkpoint", features))
         record.next_checkpoint_ts = self._next_checkpoint_after(record, at)
         if record.next_checkpoint_ts is not None:
-            self.timers.push(
-                record.next_checkpoint_ts, "checkpoint", key, record.next_checkpoint_ts
+            self._push_timer(
+                record, record.next_checkpoint_ts, "checkpoint", key, record.next_checkpoint_ts
             )
         return out
 
@@ -400,12 +491,12 @@ class KeyGroupCustomers:
         if last_order is None:
             return
         if record.next_checkpoint_ts is not None:
-            self.timers.push(
-                record.next_checkpoint_ts, "checkpoint", key, record.next_checkpoint_ts
+            self._push_timer(
+                record, record.next_checkpoint_ts, "checkpoint", key, record.next_checkpoint_ts
             )
         silent_days = silent_after_days(gap_mean_days, self.config.horizon_days)
         for days in (silent_days, self.config.horizon_days):
-            self.timers.push(last_order + days * DAY + 1.0, "segment", key, last_order)
+            self._push_timer(record, last_order + days * DAY + 1.0, "segment", key, last_order)
 
     # -- prediction points and labels -------------------------------------------
 
@@ -420,7 +511,7 @@ class KeyGroupCustomers:
         record.pending_t0.append(t0)
         record.pending_answer.append(math.nan)
         record.pending_features.extend(features.values())  # in FEATURE_NAMES order
-        self.timers.push(t0 + self.config.horizon_s, "label", key, t0)
+        self._push_timer(record, t0 + self.config.horizon_s, "label", key, t0)
         self.counters["points_created"] += 1
         return []
 

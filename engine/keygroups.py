@@ -13,8 +13,9 @@ one :class:`EventIdDedup`; these are plain classes, tested without a dataflow.
 >>> wm.observe(50.0), wm.value       # older than the watermark: late, no movement
 (True, 90.0)
 >>> timers = TimerHeap()
->>> timers.push(95.0, "label", "demo\\x1f42", 5.0)
->>> timers.push(80.0, "checkpoint", "demo\\x1f42", 0.0)
+>>> timers.push(95.0, "label", "demo\\x1f42", 5.0).seq
+1
+>>> _ = timers.push(80.0, "checkpoint", "demo\\x1f42", 0.0)
 >>> timers.pop_next_due(wm.value).at, timers.pop_next_due(wm.value)
 (80.0, None)
 """
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import heapq
 import zlib
+from array import array
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 
@@ -76,9 +79,33 @@ class TimerHeap:
         self._heap: list[Timer] = []
         self._seq = 0
 
-    def push(self, at: float, kind: str, customer_key: str, ref: float) -> None:
+    def push(self, at: float, kind: str, customer_key: str, ref: float) -> Timer:
         self._seq += 1
-        heapq.heappush(self._heap, Timer(at, self._seq, kind, customer_key, ref))
+        timer = Timer(at, self._seq, kind, customer_key, ref)
+        heapq.heappush(self._heap, timer)
+        return timer
+
+    @classmethod
+    def rebuild(cls, seq: int, timers: list[Timer]) -> TimerHeap:
+        """A heap holding ``timers`` (pushed earlier, ``seq`` the last number used).
+
+        Timers fire in (time, number) order, which is unique, so a rebuilt heap
+        fires exactly as the one it was rebuilt from.
+        """
+        heap = cls()
+        heap._seq = seq
+        heap._heap = timers
+        heapq.heapify(timers)
+        return heap
+
+    @property
+    def seq(self) -> int:
+        """The number of the last timer pushed."""
+        return self._seq
+
+    def __iter__(self) -> Iterator[Timer]:
+        """The pending timers, in no particular order."""
+        return iter(self._heap)
 
     def pop_next_due(self, watermark: float) -> Timer | None:
         """Remove and return the earliest timer at or before the watermark, if any.
@@ -112,20 +139,28 @@ class EventIdDedup:
 
     Webhooks are retried within minutes to hours; an id is forgotten once the
     watermark is more than ``retention_s`` past the event's own time, so memory
-    stays bounded. Ids are kept as 64-bit hashes.
+    stays bounded. Ids are kept as 64-bit hashes: a set for lookups, and two
+    arrays (hashes and event times, in insertion order) for pruning and pickling,
+    so a snapshot copies two buffers instead of pickling one object per id.
 
     >>> d = EventIdDedup(retention_s=100.0)
     >>> d.seen_before("a", 10.0), d.seen_before("a", 10.0)
     (False, True)
+    >>> import pickle; len(pickle.loads(pickle.dumps(d)))
+    1
     >>> d.prune(watermark=500.0); len(d)
     0
     """
 
-    __slots__ = ("retention_s", "_ids")
+    __slots__ = ("retention_s", "_ids", "_order", "_times")
 
     def __init__(self, retention_s: float) -> None:
         self.retention_s = retention_s
-        self._ids: dict[int, float] = {}
+        self._ids: set[int] = set()
+        self._order = array("Q")
+        """The remembered hashes, in insertion order."""
+        self._times = array("d")
+        """Each remembered hash's event time, in the same order."""
 
     @staticmethod
     def _hash(event_id: str) -> int:
@@ -137,7 +172,9 @@ class EventIdDedup:
         h = self._hash(event_id)
         if h in self._ids:
             return True
-        self._ids[h] = ts
+        self._ids.add(h)
+        self._order.append(h)
+        self._times.append(ts)
         return False
 
     def prune(self, watermark: float) -> None:
@@ -148,14 +185,31 @@ class EventIdDedup:
         behind a newer one is kept a little longer, never forgotten early.
         """
         horizon = watermark - self.retention_s
-        ids = self._ids
-        stale = []
-        for h, ts in ids.items():
+        times = self._times
+        stale = 0
+        for ts in times:
             if ts >= horizon:
                 break
-            stale.append(h)
-        for h in stale:
-            del ids[h]
+            stale += 1
+        if stale:
+            self._ids.difference_update(self._order[:stale])
+            del self._order[:stale]
+            del times[:stale]
+
+    def __getstate__(self) -> tuple[float, array, array]:
+        return self.retention_s, self._order, self._times
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            # the former __slots__ state: one dict of hash -> time, in insertion order
+            slots = state[1]
+            state = (
+                slots["retention_s"],
+                array("Q", slots["_ids"].keys()),
+                array("d", slots["_ids"].values()),
+            )
+        self.retention_s, self._order, self._times = state
+        self._ids = set(self._order)
 
     def __len__(self) -> int:
         return len(self._ids)
