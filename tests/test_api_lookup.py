@@ -5,13 +5,15 @@ token and reads the profile in one pipeline (``api.deps.authenticate``). These
 tests hold it to what the slower path did: the same answers in the same order of
 checks (401, 429, 403, 404), no key cached (a revoked key is refused on its next
 request), the token bucket still per key, the script reloaded after Redis forgot
-it, a malformed stored profile answered 503 and never 500, and exactly three
-commands per lookup (``INFO commandstats``: no SCRIPT EXISTS or LOAD per request).
+it, 503 while Redis is down and 200 again once it is back, a malformed stored
+profile answered 503 and never 500, and exactly three commands per lookup
+(``INFO commandstats``: no SCRIPT EXISTS or LOAD per request).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,6 +25,7 @@ from api.keys import create_key, hash_key, revoke_key
 from api.main import create_app
 from api.ratelimit import apikey_bucket
 from engine.connectors.redis_sink import customer_key
+from engine.services import LOOPBACK, start_redis, stop_service
 from engine.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -173,3 +176,37 @@ def test_a_lookup_is_three_commands(
     assert after["get"] - before["get"] == 2 * 12  # the key's record and the profile
     assert after["evalsha"] - before["evalsha"] == 12  # one token each
     assert after["script"] == before["script"]  # no SCRIPT EXISTS/LOAD per request
+
+
+def test_lookup_is_503_while_redis_is_down_and_recovers_after(
+    seeded: Settings, tmp_path: Path
+) -> None:
+    """A redis-server of this test's own, stopped and started again on the same port
+    (empty: no persistence): the pooled connections are dead, the script is gone."""
+    server = start_redis(tmp_path / "redis")
+    url_of = f"redis://{LOOPBACK}:{server.port}/0"
+    own = seeded.model_copy(update={"redis_url": url_of})
+
+    def seed() -> str:
+        client = redis.Redis.from_url(url_of)
+        doc = orjson.dumps(stored_profile("c1"))
+        client.set(customer_key(own.key_prefix, STORE, "c1"), doc)
+        key = create_key(client, own.key_prefix, STORE)
+        client.close()
+        return key
+
+    try:
+        with TestClient(create_app(own)) as api:
+            key = seed()
+            assert api.get(url("c1"), headers=bearer(key)).status_code == 200
+            stop_service(server)
+            down = api.get(url("c1"), headers=bearer(key))
+            assert down.status_code == 503
+            assert down.json()["error"]["code"] == "unavailable"
+            server = start_redis(tmp_path / "redis", port=server.port)
+            key = seed()
+            again = api.get(url("c1"), headers=bearer(key))
+            assert again.status_code == 200, again.text
+            assert again.json()["customer_id"] == "c1"
+    finally:
+        stop_service(server)
