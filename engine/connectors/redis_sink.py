@@ -16,7 +16,7 @@ connection is retried with backoff rather than crashing the dataflow.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,19 +134,7 @@ def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
         elif isinstance(item, GroupAggregates):
             aggregates[(item.store_id, item.key_group)] = item
     pipe = client.pipeline(transaction=False)
-    for (store_id, customer_id), scored in latest.items():
-        doc = profile_document(scored)
-        pipe.set(customer_key(prefix, store_id, customer_id), orjson.dumps(doc))
-        for segment in SEGMENTS:
-            members = segment_key(prefix, store_id, segment)
-            if segment == doc["segment"]:
-                pipe.zadd(members, {customer_id: doc["churn_probability"]})
-            else:
-                pipe.zrem(members, customer_id)
-    for store_id, customer_id in erased:
-        pipe.delete(customer_key(prefix, store_id, customer_id))
-        for segment in SEGMENTS:
-            pipe.zrem(segment_key(prefix, store_id, segment), customer_id)
+    write_profiles(pipe, prefix, latest.values(), erased)
     for shard, status in statuses.items():
         body = {**status.metrics, "model_version": status.model_version}
         body["model_warm"] = status.model_warm
@@ -162,6 +150,61 @@ def write_batch(client: redis.Redis, prefix: str, items: list[Any]) -> None:
             aggregates_key(prefix, store_id, "lifecycle", group), orjson.dumps(tables.lifecycle)
         )
     pipe.execute()
+
+
+def write_profiles(
+    pipe: Any, prefix: str, scores: Iterable[Scored], erased: Iterable[tuple[str, str]]
+) -> None:
+    """Queue the profiles and segment memberships of a batch: one command per customer.
+
+    Each scored customer gets a ``SET`` of its profile and each erased one a
+    ``DEL``; then each store gets, per segment, one ``ZADD`` of the batch's
+    customers now in it and one ``ZREM`` of the batch's other customers (one key
+    each, so cluster pipelines take them; ``MSET`` they refuse). The customers of
+    ``scores`` and ``erased`` are distinct, so the result is the same as a ``ZADD``
+    and five ``ZREM`` per customer, for a fraction of the client's work.
+    """
+    stores: dict[str, StoreWrites] = {}
+    for scored in scores:
+        store_id, customer_id = scored.request.store_id, scored.request.customer_id
+        writes = StoreWrites.of(stores, store_id)
+        doc = profile_document(scored)
+        pipe.set(customer_key(prefix, store_id, customer_id), orjson.dumps(doc))
+        writes.members.setdefault(doc["segment"], {})[customer_id] = doc["churn_probability"]
+        writes.customers.append(customer_id)
+    for store_id, customer_id in erased:
+        writes = StoreWrites.of(stores, store_id)
+        pipe.delete(customer_key(prefix, store_id, customer_id))
+        writes.customers.append(customer_id)
+    for store_id, writes in stores.items():
+        for segment in SEGMENTS:
+            members = writes.members.get(segment, {})
+            key = segment_key(prefix, store_id, segment)
+            if members:
+                pipe.zadd(key, members)
+            leaving = [c for c in writes.customers if c not in members]
+            if leaving:
+                pipe.zrem(key, *leaving)
+
+
+class StoreWrites:
+    """One store's segment moves in a batch (see :func:`write_profiles`)."""
+
+    __slots__ = ("members", "customers")
+
+    def __init__(self) -> None:
+        self.members: dict[str, dict[str, float]] = {}
+        """Segment → customer → churn probability."""
+        self.customers: list[str] = []
+        """Every customer of the batch (scored or erased)."""
+
+    @staticmethod
+    def of(stores: dict[str, StoreWrites], store_id: str) -> StoreWrites:
+        """The store's entry of ``stores`` (created when missing)."""
+        writes = stores.get(store_id)
+        if writes is None:
+            writes = stores[store_id] = StoreWrites()
+        return writes
 
 
 BatchWriter = Callable[[redis.Redis, str, list[Any]], object]
