@@ -30,6 +30,7 @@ from api.routes import (
 )
 from engine.connectors.kafka import ensure_topics
 from engine.errors import ServiceError
+from engine.redis_client import connect, connect_async, is_cluster_url
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,16 +41,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings or Settings()
         warn_if_exposed(app.state.settings)
-        pool = redis.BlockingConnectionPool.from_url(
-            app.state.settings.redis_url, max_connections=64, timeout=5, socket_timeout=5
-        )
-        app.state.redis = redis.Redis(connection_pool=pool)
-        # the hot path (API keys, rate limits, score lookups) runs on the event loop:
-        # async routes and dependencies, one pipeline per request
-        async_pool = redis.asyncio.BlockingConnectionPool.from_url(
-            app.state.settings.redis_url, max_connections=64, timeout=5, socket_timeout=5
-        )
-        app.state.async_redis = redis.asyncio.Redis(connection_pool=async_pool)
+        url = app.state.settings.redis_url
+        pool: redis.BlockingConnectionPool | None = None
+        async_pool: redis.asyncio.BlockingConnectionPool | None = None
+        if is_cluster_url(url):  # the cluster clients keep a pool per node themselves
+            app.state.redis = connect(url, socket_timeout=5)
+            app.state.async_redis = connect_async(url, socket_timeout=5)
+        else:
+            pool = redis.BlockingConnectionPool.from_url(
+                url, max_connections=64, timeout=5, socket_timeout=5
+            )
+            app.state.redis = redis.Redis(connection_pool=pool)
+            # the hot path (API keys, rate limits, score lookups) runs on the event loop:
+            # async routes and dependencies, one pipeline per request
+            async_pool = redis.asyncio.BlockingConnectionPool.from_url(
+                url, max_connections=64, timeout=5, socket_timeout=5
+            )
+            app.state.async_redis = redis.asyncio.Redis(connection_pool=async_pool)
         # Webhooks produce through one idempotent producer; the API still serves
         # reads when the broker is down (webhooks then answer 503).
         app.state.produce_timeout_s = webhooks.PRODUCE_TIMEOUT_S
@@ -67,9 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.producer.flush(5)
             app.state.producer = None  # let librdkafka's threads go with the object
             app.state.redis.close()
-            pool.disconnect()
             await app.state.async_redis.aclose()
-            await async_pool.disconnect()
+            if pool is not None and async_pool is not None:
+                pool.disconnect()
+                await async_pool.disconnect()
 
     app = FastAPI(title="churnflow", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)

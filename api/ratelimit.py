@@ -36,6 +36,7 @@ from redis.exceptions import NoScriptError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError
+from engine.redis_client import is_cluster
 
 __all__ = [
     "BodyLimitMiddleware",
@@ -159,8 +160,16 @@ def enforce(client: redis.Redis, bucket: str, rate: float, burst: int, what: str
 async def _token_and_reads(
     client: redis.asyncio.Redis, bucket: str, rate: float, burst: int, reads: Sequence[str]
 ) -> list[Any]:
+    args = (TOKEN_BUCKET_SHA, 1, bucket, repr(float(rate)), int(burst), 1)
+    if is_cluster(client):  # a cluster refuses scripts in pipelines: two round trips
+        try:
+            token: Any = await client.evalsha(*args)
+        except NoScriptError as exc:
+            token = exc
+        values = [await client.get(key) for key in reads]
+        return [token, *values]
     pipe = client.pipeline(transaction=False)
-    pipe.evalsha(TOKEN_BUCKET_SHA, 1, bucket, repr(float(rate)), int(burst), 1)
+    pipe.evalsha(*args)
     for key in reads:
         pipe.get(key)
     return list(await pipe.execute(raise_on_error=False))

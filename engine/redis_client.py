@@ -33,15 +33,19 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import redis
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import ClusterError, RedisClusterException
 
 __all__ = [
     "RetryingClient",
     "connect",
+    "connect_async",
     "is_cluster",
     "is_cluster_url",
     "is_transient",
+    "mget",
     "plain_url",
 ]
 
@@ -75,13 +79,29 @@ def connect(url: str, **options: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
-def is_cluster(client: object) -> bool:
-    """Whether ``client`` talks to a Redis Cluster.
+def connect_async(url: str, **options: Any) -> redis.asyncio.Redis:
+    """The asyncio twin of :func:`connect` (``redis.asyncio``; the API's hot path)."""
+    if is_cluster_url(url):
+        cluster = AsyncRedisCluster.from_url(plain_url(url), **options)
+        return cast(redis.asyncio.Redis, cluster)
+    return redis.asyncio.Redis.from_url(url, **options)
 
-    >>> is_cluster(redis.Redis())
-    False
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` (sync or asyncio) talks to a Redis Cluster.
+
+    >>> is_cluster(redis.Redis()), is_cluster(redis.asyncio.Redis())
+    (False, False)
     """
-    return isinstance(client, RedisCluster)
+    return isinstance(client, RedisCluster | AsyncRedisCluster)
+
+
+def mget(client: redis.Redis, keys: list[str]) -> list[Any]:
+    """``MGET`` of keys that may lie in different cluster slots (the stage counters of
+    all key groups, say): one command on a server, one per slot on a cluster."""
+    if is_cluster(client):
+        return list(cast(RedisCluster, client).mget_nonatomic(keys))
+    return list(client.mget(keys))
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -10,8 +10,10 @@ cluster's email queues into a real SMTP server, each entry exactly once.
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,18 +21,21 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 from bytewax.testing import TestingSink, TestingSource, run_main
+from fastapi.testclient import TestClient
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
+from api.keys import create_key
+from api.main import create_app
 from engine import redis_client as redis_client_module
 from engine.connectors.effects_sink import effects_sink
 from engine.connectors.recall_sink import RecallSink
-from engine.connectors.redis_sink import RedisSink
+from engine.connectors.redis_sink import RedisSink, customer_key
 from engine.delivery.providers import RedisDirectory, SmtpProvider
 from engine.delivery.worker import DeliveryWorker, WorkerConfig
 from engine.flow import FlowSinks, build_flow
 from engine.redis_client import RetryingClient, connect, is_cluster
-from engine.services import free_port, start_redis_cluster, stop_service
+from engine.services import Service, free_port, start_redis_cluster, stop_service
 from engine.settings import Settings
 from replay.simulate import SimulationConfig, simulate
 
@@ -112,45 +117,120 @@ def dump(client: redis.Redis, prefix: str) -> dict[str, Any]:
     return out
 
 
-def test_flow_writes_to_a_cluster_what_it_writes_to_one_server(
-    settings: Settings,
-    redis_client: redis.Redis,
+@dataclass
+class Written:
+    """The same stream written by the dataflow to one server and to the cluster."""
+
+    settings: Settings
+    single: redis.Redis
+    cluster: redis.Redis
+    dead_single: list[Any]
+    dead_cluster: list[Any]
+
+
+@pytest.fixture(scope="module")
+def written(
+    services: dict[str, Service],
     cluster_url: str,
     stream_lines: list[bytes],
-    tmp_path: Path,
-) -> None:
-    rules_for_simulated_stores(tmp_path)
-    settings = settings.model_copy(update={"rules_dir": tmp_path})
-    cluster = connect(cluster_url)
-    assert is_cluster(cluster) and not is_cluster(redis_client)
-
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Written]:
+    rules_dir = tmp_path_factory.mktemp("rules")
+    rules_for_simulated_stores(rules_dir)
+    settings = Settings(
+        kafka_brokers=services["broker"].address,
+        redis_url=f"redis://{services['redis'].address}/0",
+        events_topic=f"events-{uuid.uuid4().hex[:10]}",
+        key_prefix=f"t{uuid.uuid4().hex[:10]}",
+        key_groups=16,
+        model_warm_examples=5,
+        rules_dir=rules_dir,
+    )
+    single, cluster = connect(settings.redis_url), connect(cluster_url)
     dead_single = run_flow(settings, settings.redis_url, stream_lines)
     dead_cluster = run_flow(settings, cluster_url, stream_lines)
+    yield Written(settings, single, cluster, dead_single, dead_cluster)
+    for client in (single, cluster):
+        _delete(client, settings.key_prefix)
+        client.close()
 
-    single = dump(redis_client, settings.key_prefix)
-    clustered = dump(cluster, settings.key_prefix)
+
+def test_flow_writes_to_a_cluster_what_it_writes_to_one_server(written: Written) -> None:
+    prefix, cluster = written.settings.key_prefix, written.cluster
+    assert is_cluster(cluster) and not is_cluster(written.single)
+    single = dump(written.single, prefix)
+    clustered = dump(cluster, prefix)
     kinds = Counter(name.split(":")[2] for name in single if name.count(":") >= 2)
     assert kinds["customer"] == SIMULATION.customers and kinds["effects"] > 0, kinds
     queued = [len(v) for k, v in single.items() if k.endswith((":recall:email", ":recall-log"))]
     assert len(queued) >= 2 and all(queued), queued
-    assert dead_cluster == dead_single
+    assert written.dead_cluster == written.dead_single
     assert clustered.keys() == single.keys()
     different = [name for name in single if clustered[name] != single[name]]
     assert not different, different[:5]
     # the keys really are spread: every primary holds some of them
     nodes = cast(RedisCluster, cluster).get_primaries()
     per_node = [
-        len(
-            list(
-                cast(RedisCluster, cluster).scan_iter(
-                    match=f"{settings.key_prefix}:*", target_nodes=node
-                )
-            )
-        )
+        len(list(cast(RedisCluster, cluster).scan_iter(match=f"{prefix}:*", target_nodes=node)))
         for node in nodes
     ]
     assert len(per_node) == 3 and all(n > 0 for n in per_node), per_node
-    _delete(cluster, settings.key_prefix)
+
+
+def read_routes(api: TestClient, headers: dict[str, str], store: str, ids: list[str]) -> dict:
+    """The answers of every read route of one store (the score lookups of ``ids``)."""
+    base = f"/v1/stores/{store}"
+    paths = [f"{base}/customers/{c}" for c in ids]
+    paths += [f"{base}/segments", f"{base}/segments/silent/customers?limit=50"]
+    paths += [f"{base}/{name}" for name in ("cohorts", "lifecycle", "campaigns", "model")]
+    paths += [f"{base}/customers/{ids[0]}/export", f"/v1/stores/{store}/risk"]
+    answers = {path: api.get(path, headers=headers) for path in paths}
+    batch = api.post(f"{base}/customers:batchGet", json={"customer_ids": ids}, headers=headers)
+    answers["batchGet"] = batch
+    assert all(r.status_code == 200 for r in answers.values()), {
+        path: (r.status_code, r.text[:200]) for path, r in answers.items() if r.status_code != 200
+    }
+    return {path: without_entry_ids(r.json()) for path, r in answers.items()}
+
+
+def without_entry_ids(doc: Any) -> Any:
+    """``doc`` less the stream entry ids (``entry``, ``entry_id``: each server's clock).
+
+    >>> without_entry_ids({"log": [{"entry": "1-0", "entry_id": "1-1", "rule_id": "w"}]})
+    {'log': [{'rule_id': 'w'}]}
+    """
+    if isinstance(doc, dict):
+        return {k: without_entry_ids(v) for k, v in doc.items() if k not in ("entry", "entry_id")}
+    if isinstance(doc, list):
+        return [without_entry_ids(v) for v in doc]
+    return doc
+
+
+def test_api_answers_from_a_cluster_what_it_answers_from_one_server(
+    written: Written, cluster_url: str
+) -> None:
+    settings, store = written.settings, "sim-1"
+    pattern = f"{settings.key_prefix}:{{{store}}}:customer:*"
+    ids = sorted(_text(k).rsplit(":", 1)[1] for k in written.single.scan_iter(match=pattern))
+    assert len(ids) >= 20
+    answers: dict[str, dict[str, Any]] = {}
+    for name, client, url in (
+        ("single", written.single, settings.redis_url),
+        ("cluster", written.cluster, cluster_url),
+    ):
+        key = create_key(client, settings.key_prefix, store, ("read", "admin"))
+        headers = {"Authorization": f"Bearer {key}"}
+        with TestClient(create_app(settings.model_copy(update={"redis_url": url}))) as api:
+            answers[name] = read_routes(api, headers, store, ids[:20])
+            if name == "cluster":  # then erase one customer from the cluster
+                erased = api.delete(f"/v1/stores/{store}/customers/{ids[0]}", headers=headers)
+                assert erased.status_code == 202, erased.text
+                gone = api.get(f"/v1/stores/{store}/customers/{ids[0]}", headers=headers)
+                assert gone.status_code == 404
+                assert api.get("/readyz").status_code == 200
+    assert answers["cluster"] == answers["single"]
+    assert written.cluster.get(customer_key(settings.key_prefix, store, ids[0])) is None
+    assert written.single.get(customer_key(settings.key_prefix, store, ids[0])) is not None
 
 
 class Inbox:

@@ -66,6 +66,7 @@ from engine.delivery.providers import contact_key
 from engine.delivery.worker import dead_key, state_key
 from engine.events import CHANNELS, EraseRequest, Event
 from engine.keygroups import key_group
+from engine.redis_client import mget
 from engine.segments import SEGMENTS
 from engine.settings import Settings
 
@@ -252,7 +253,7 @@ def erase_time(
     prefix = settings.key_prefix
     group = key_group(store_id, customer_id, settings.key_groups)
     stages = [f"{prefix}:stage:{g}" for g in range(settings.key_groups)]
-    raws = client.mget([customer_key(prefix, store_id, customer_id), *stages])
+    raws = mget(client, [customer_key(prefix, store_id, customer_id), *stages])
     watermarks: list[float] = []
     for raw in raws[1:]:
         mark = orjson.loads(raw).get("watermark") if raw else None
@@ -273,7 +274,7 @@ def erase_time(
 def newest_watermark(client: redis.Redis, settings: Settings) -> datetime:
     """The newest watermark of any key group, else the wall clock."""
     prefix = settings.key_prefix
-    raws = client.mget([f"{prefix}:stage:{g}" for g in range(settings.key_groups)])
+    raws = mget(client, [f"{prefix}:stage:{g}" for g in range(settings.key_groups)])
     marks = [orjson.loads(raw).get("watermark") if raw else None for raw in raws]
     best = max((m for m in marks if isinstance(m, int | float) and m > 0), default=None)
     return wall_now_dt() if best is None else datetime.fromtimestamp(best, UTC)
