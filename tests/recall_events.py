@@ -1,10 +1,13 @@
-"""Canonical events for recall tests: a contactable customer's profile and an order."""
+"""For recall tests: a contactable customer's profile, an order, an SMTP provider."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
 
+import redis
+
+from engine.delivery.providers import RedisDirectory, SmtpProvider
 from engine.events import CustomerProfileEvent, OrderEvent
 
 
@@ -36,4 +39,16 @@ def order(
         order_id=f"{customer}-{n}",
         amount=Decimal(amount),
         currency=currency,
+    )
+
+
+def smtp_provider(client: redis.Redis, prefix: str, port: int) -> SmtpProvider:
+    """An SMTP provider for a test server on loopback ``port``, addresses from Redis."""
+    directory = RedisDirectory(client, prefix)
+    return SmtpProvider(
+        "127.0.0.1",
+        port,
+        sender="shop@example.com",
+        address_for=lambda store, customer: directory.address(store, customer),
+        timeout_s=5,
     )

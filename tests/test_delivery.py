@@ -19,6 +19,7 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 from confluent_kafka import Consumer, Producer, TopicPartition
+from recall_events import smtp_provider
 
 from api.webhooks.signing import verify_generic
 from engine.cli import build_parser, main
@@ -203,19 +204,11 @@ def email_worker(
     timer: Clock | None = None,
     **config: Any,
 ) -> DeliveryWorker:
-    directory = RedisDirectory(client, settings.key_prefix)
-    provider = SmtpProvider(
-        "127.0.0.1",
-        port,
-        sender="shop@example.com",
-        address_for=lambda store, customer: directory.address(store, customer),
-        timeout_s=5,
-    )
     return DeliveryWorker(
         client,
         settings.key_prefix,
         "email",
-        provider,
+        smtp_provider(client, settings.key_prefix, port),
         producer=producer,
         events_topic=settings.events_topic if producer else None,
         stores=[STORE],

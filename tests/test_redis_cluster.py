@@ -22,6 +22,7 @@ import redis
 from aiosmtpd.controller import Controller
 from bytewax.testing import TestingSink, TestingSource, run_main
 from fastapi.testclient import TestClient
+from recall_events import smtp_provider
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
@@ -31,7 +32,7 @@ from engine import redis_client as redis_client_module
 from engine.connectors.effects_sink import effects_sink
 from engine.connectors.recall_sink import RecallSink
 from engine.connectors.redis_sink import RedisSink, customer_key
-from engine.delivery.providers import RedisDirectory, SmtpProvider
+from engine.delivery.providers import RedisDirectory
 from engine.delivery.worker import DeliveryWorker, WorkerConfig
 from engine.flow import FlowSinks, build_flow
 from engine.redis_client import RetryingClient, connect, is_cluster
@@ -265,18 +266,11 @@ def test_delivery_worker_drains_the_cluster_queues_exactly_once(
     smtp = Controller(inbox, hostname="127.0.0.1", port=port)
     smtp.start()
     try:
-        provider = SmtpProvider(
-            "127.0.0.1",
-            port,
-            sender="shop@example.com",
-            address_for=lambda store, customer: directory.address(store, customer),
-            timeout_s=5,
-        )
         worker = DeliveryWorker(
             cluster,
             settings.key_prefix,
             "email",
-            provider,
+            smtp_provider(cluster, settings.key_prefix, port),
             config=WorkerConfig(consumer="cluster-w1"),
             clock=lambda: STREAM_END_TS,
         )
