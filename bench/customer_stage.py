@@ -202,7 +202,7 @@ def state_sizes(groups: dict[int, KeyGroupCustomers]) -> dict[str, float]:
     customers = sum(len(g.customers) for g in groups.values())
     blobs = [pickle.dumps(g.customers, protocol=pickle.HIGHEST_PROTOCOL) for g in groups.values()]
     pickled = sum(len(b) for b in blobs)
-    snapshots = sum(len(g.snapshot()) for g in groups.values())
+    snapshots = sum(len(pickle.dumps(g.snapshot())) for g in groups.values())
     gc.collect()
     tracemalloc.start()
     loaded = [pickle.loads(b) for b in blobs]
@@ -247,7 +247,7 @@ def stage_flow(encoded: list[bytes], settings: Settings, end_ts: float, sink: Co
         "key_group", decoded, lambda ev: str(key_group(ev[0].store_id, ev[0].customer_id, groups))
     )
 
-    def build_group(resume: bytes | None) -> KeyGroupLogic:
+    def build_group(resume: Any) -> KeyGroupLogic:
         return KeyGroupLogic(KeyGroupCustomers(stage_config(settings)), "event", end_ts, groups)
 
     customers = op.stateful("customers", keyed, build_group)

@@ -88,6 +88,13 @@ class StageConfig:
         return self.horizon_days * DAY
 
 
+SNAPSHOT_FORMAT = "customers/2"
+
+StageSnapshot = tuple[str, bytes, tuple[str, ...], tuple[bytes, ...]]
+"""What :meth:`KeyGroupCustomers.snapshot` returns: the format, the group's pickled
+state without its customers, and the customers' keys and pickled records."""
+
+
 def joined_blobs(blobs: dict[str, bytes]) -> tuple[str, array, bytes, array]:
     """``blobs`` as four flat objects that pickle with no Python code per entry.
 
@@ -210,20 +217,23 @@ class KeyGroupCustomers:
 
     # -- snapshots ---------------------------------------------------------------
 
-    def snapshot(self) -> bytes:
-        """An immutable copy of the whole group (one pickle).
+    def snapshot(self) -> StageSnapshot:
+        """An immutable copy of the whole group, cheap to take when nothing is stored.
 
         Bytewax takes one at the end of every epoch in which the group saw an item,
-        with or without recovery. Each customer's record (its pending timers
-        included) is pickled on its own and the bytes are kept, so a snapshot
-        re-pickles only the customers touched (by an event or a timer) since the
-        last one; the others are joined as they are, in C, with no Python code per
-        customer. The timer heap is not pickled (it is rebuilt from the records on
-        restore) and the event-id dedup pickles as two arrays, so the Python work of
-        a snapshot follows the epoch's activity, not the group's size. The kept
-        bytes cost about the pickled size per customer in memory.
+        with or without recovery, and pickles it only when recovery is on. Each
+        customer's record (its pending timers included) is pickled on its own and
+        the bytes are kept; a snapshot re-pickles only the customers touched (by an
+        event or a timer) since the last one and hands over the others' bytes as
+        they are, in a tuple (immutable, no copy). The timer heap is not pickled (it
+        is rebuilt from the records on restore) and the event-id dedup pickles as
+        two arrays, so the work of a snapshot follows the epoch's activity, not the
+        group's size, until recovery stores it. The kept bytes cost about the
+        pickled size per customer in memory.
         """
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+        blobs = self._customer_blobs()
+        rest = pickle.dumps(self._state_without_customers(), protocol=pickle.HIGHEST_PROTOCOL)
+        return (SNAPSHOT_FORMAT, rest, tuple(blobs), tuple(blobs.values()))
 
     def _customer_blobs(self) -> dict[str, bytes]:
         """Every customer's pickled record; refreshes the ones touched since the last call."""
@@ -241,11 +251,15 @@ class KeyGroupCustomers:
             return self._customer_blobs()
         return blobs
 
-    def __getstate__(self) -> dict[str, Any]:
+    def _state_without_customers(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for derived in ("_history_cache", "_blobs", "_touched", "timers"):
+        for derived in ("_history_cache", "_blobs", "_touched", "timers", "customers"):
             state.pop(derived, None)
         state["timer_seq"] = self.timers.seq
+        return state
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self._state_without_customers()
         state["customers"] = joined_blobs(self._customer_blobs())
         return state
 
@@ -254,23 +268,43 @@ class KeyGroupCustomers:
         seq = state.pop("timer_seq", 0)
         state.setdefault("orphan_timers", {})
         customers = state["customers"]
+        blobs: dict[str, bytes] = {}
         if isinstance(customers, tuple):  # joined blobs (see joined_blobs)
             blobs = split_blobs(customers)
-            state["customers"] = {key: pickle.loads(blob) for key, blob in blobs.items()}
-        elif state.pop("customers_pickled", False):  # one pickle per customer, in a dict
-            blobs = {}
+        elif state.pop("customer_blobs", False):  # from a snapshot() tuple
+            blobs = customers
+        elif state.pop("customers_pickled", False):  # one pickle per customer, older records
             state["customers"] = {key: pickle.loads(blob) for key, blob in customers.items()}
-        else:  # a snapshot from before per-customer pickles
-            blobs = {}
+        if blobs:
+            state["customers"] = {key: pickle.loads(blob) for key, blob in blobs.items()}
         self.__dict__.update(state)
         self._history_cache = {}
         self._blobs = blobs
         self._touched = set() if blobs else set(self.customers)
         if heap is None:
             self.timers = TimerHeap.rebuild(seq, self._held_timers())
-        else:
+        else:  # the records get the timers: their bytes change
             self.timers = heap
             self._hand_timers_to_records(heap)
+            self._blobs = {}
+            self._touched = set(self.customers)
+
+    @staticmethod
+    def restore(snapshot: StageSnapshot | bytes) -> KeyGroupCustomers:
+        """The group of a :meth:`snapshot` (or of a whole-group pickle, older snapshots)."""
+        if isinstance(snapshot, bytes):
+            group = pickle.loads(snapshot)
+            assert isinstance(group, KeyGroupCustomers)
+            return group
+        version, rest, keys, blobs = snapshot
+        if version != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown customer-stage snapshot {version!r}")
+        state = pickle.loads(rest)
+        state["customers"] = dict(zip(keys, blobs, strict=True))
+        state["customer_blobs"] = True
+        group = KeyGroupCustomers.__new__(KeyGroupCustomers)
+        group.__setstate__(state)
+        return group
 
     def _held_timers(self) -> list[Timer]:
         """Every pending timer, from the records and the erased customers' leftovers."""
@@ -307,12 +341,6 @@ class KeyGroupCustomers:
                     del held[i]
                     return
         self.orphan_timers.pop(timer.seq, None)
-
-    @staticmethod
-    def restore(blob: bytes) -> KeyGroupCustomers:
-        group = pickle.loads(blob)
-        assert isinstance(group, KeyGroupCustomers)
-        return group
 
     # -- events ------------------------------------------------------------------
 

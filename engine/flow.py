@@ -29,7 +29,7 @@ from bytewax.operators import StatefulBatchLogic, StatefulLogic
 from bytewax.outputs import Sink
 
 from engine.clock import wall_now, wall_now_dt
-from engine.customers import KeyGroupCustomers, StageConfig
+from engine.customers import KeyGroupCustomers, StageConfig, StageSnapshot
 from engine.effects_stage import build_effects_logic, effects_key, is_effect_input
 from engine.errors import ChurnflowError
 from engine.events import Event, EventDecodeError, OrderEvent, decode_event
@@ -111,8 +111,8 @@ def _is_event(item: tuple[Event, float] | DeadLetter) -> TypeGuard[tuple[Event, 
 # -- step 3: customers ------------------------------------------------------------
 
 
-class KeyGroupLogic(StatefulLogic[tuple[Event, float], Any, bytes]):
-    """Adapts :class:`KeyGroupCustomers` to Bytewax; state is one pickle per group."""
+class KeyGroupLogic(StatefulLogic[tuple[Event, float], Any, StageSnapshot | bytes]):
+    """Adapts :class:`KeyGroupCustomers` to Bytewax (state: its :meth:`snapshot`)."""
 
     def __init__(
         self, group: KeyGroupCustomers, clock: str, final_ts: float | None, key_groups: int
@@ -145,7 +145,7 @@ class KeyGroupLogic(StatefulLogic[tuple[Event, float], Any, bytes]):
             return wall_now_dt() + WALL_TICK
         return None
 
-    def snapshot(self) -> bytes:
+    def snapshot(self) -> StageSnapshot | bytes:
         return self.group.snapshot()
 
 
@@ -316,7 +316,7 @@ def build_flow(
         lambda ev: str(key_group(ev[0].store_id, ev[0].customer_id, groups)),
     )
 
-    def build_group(resume: bytes | None) -> KeyGroupLogic:
+    def build_group(resume: StageSnapshot | bytes | None) -> KeyGroupLogic:
         group = (
             KeyGroupCustomers.restore(resume)
             if resume is not None

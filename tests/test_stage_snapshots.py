@@ -84,3 +84,19 @@ def test_dedup_from_an_older_pickle() -> None:
     assert old._order == array("Q", hashes)
     old.prune(watermark=15.0)
     assert len(old) == 1 and old.seen_before("e2", 30.0)
+
+
+def test_a_snapshot_does_not_follow_later_events_and_a_whole_pickle_restores_too() -> None:
+    group = KeyGroupCustomers(CONFIG)
+    feed(group, [order("a", 0, "o1"), view("b", 1, "v1")])
+    snap = group.snapshot()
+    whole = pickle.dumps(group)  # the older snapshot form: one pickle of the group
+    later = [order("a", 10, "o2"), order("b", 12, "o3"), erase("a", 20, "x")]
+    feed(group, later)  # must not reach the snapshot taken before
+    from_snap = KeyGroupCustomers.restore(pickle.loads(pickle.dumps(snap)))
+    from_whole = KeyGroupCustomers.restore(whole)
+    assert from_snap.counters["events"] == from_whole.counters["events"] == 2
+    a = feed(from_snap, later) + from_snap.final(ts(300))
+    b = feed(from_whole, later) + from_whole.final(ts(300))
+    assert a == b
+    assert b[-1] == group.final(ts(300))[-1]  # the same counters as the original's
