@@ -166,8 +166,12 @@ async def _token_and_reads(
             token: Any = await client.evalsha(*args)
         except NoScriptError as exc:
             token = exc
-        values = [await client.get(key) for key in reads]
-        return [token, *values]
+        if not reads:
+            return [token]
+        gets = client.pipeline()  # split per node by the cluster client
+        for key in reads:
+            gets.get(key)
+        return [token, *await gets.execute()]
     pipe = client.pipeline(transaction=False)
     pipe.evalsha(*args)
     for key in reads:

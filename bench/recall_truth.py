@@ -63,9 +63,8 @@ from engine.triggers.intent import RecallIntent  # noqa: E402
 from replay.simulate import (  # noqa: E402
     RECALL_RULE_ID,
     SimulationConfig,
-    recall_rules,
     simulate,
-    store_ids,
+    write_recall_rules,
 )
 
 SALT = "recall-truth"
@@ -134,17 +133,16 @@ def coverage(
         for key, intent in first.items()
         if truth[key]["churned"] and (_ts(truth[key]["dropout_at"]) or end_ts) <= intent.due_ts
     ]
+    judged = [key for key, i in first.items() if i.due_ts + lapse_days * DAY <= end_ts]
     lapsing = [
         key
-        for key, intent in first.items()
-        if intent.due_ts + lapse_days * DAY <= end_ts
-        and not _baseline_order_within(truth[key], orders.get(key, []), intent.due_ts, lapse_days)
+        for key in judged
+        if not _ordered_within(truth[key], orders.get(key, []), first[key].due_ts, lapse_days)
     ]
-    judged = [key for key, i in first.items() if i.due_ts + lapse_days * DAY <= end_ts]
     delays = [
-        (intent.due_ts - max(t for t in orders.get(key, [end_ts]) if t <= intent.due_ts)) / DAY
+        (intent.due_ts - max(before)) / DAY
         for key, intent in first.items()
-        if any(t <= intent.due_ts for t in orders.get(key, []))
+        if (before := [t for t in orders.get(key, []) if t <= intent.due_ts])
     ]
     nan = float("nan")
     return {
@@ -157,7 +155,7 @@ def coverage(
     }
 
 
-def _baseline_order_within(
+def _ordered_within(
     customer: dict[str, Any], times: list[float], since: float, days: float
 ) -> bool:
     """Whether the customer ordered in ``(since, since + days]``, not counting the order
@@ -189,8 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines = list(run.lines())
         truth = run.truth
         orders = order_times(lines)
-        for store in store_ids(config):
-            (Path(rules_dir) / f"{store}.yaml").write_text(recall_rules(config, store))
+        write_recall_rules(config, Path(rules_dir))
         settings = Settings(rules_dir=Path(rules_dir), key_groups=16)
         intents: list[Any] = []
         snapshots: list[Any] = []

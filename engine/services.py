@@ -192,14 +192,12 @@ def start_redis_cluster(run_dir: Path, nodes: int = 3, timeout_s: float = 30.0) 
                     raise ServiceError(f"cluster node {service.address} never reached state ok")
                 time.sleep(0.1)
             node.close()
-    except (subprocess.SubprocessError, OSError) as exc:
+    except (subprocess.SubprocessError, OSError, ServiceError) as exc:
         for service in started:
             stop_service(service)
+        if isinstance(exc, ServiceError):
+            raise
         raise ServiceError(f"cannot create a Redis Cluster: {exc}") from exc
-    except ServiceError:
-        for service in started:
-            stop_service(service)
-        raise
     return started
 
 

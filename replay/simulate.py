@@ -94,6 +94,7 @@ __all__ = [
     "recall_rules",
     "simulate",
     "store_ids",
+    "write_recall_rules",
     "write_simulation",
 ]
 
@@ -982,6 +983,12 @@ def recall_rules(config: SimulationConfig, store_id: str) -> str:
         rule=RECALL_RULE_ID,
         after_days=config.recall_after_days,
     )
+
+
+def write_recall_rules(config: SimulationConfig, rules_dir: Path) -> None:
+    """:func:`recall_rules` of every simulated store, as ``<store>.yaml`` in ``rules_dir``."""
+    for store in store_ids(config):
+        (rules_dir / f"{store}.yaml").write_text(recall_rules(config, store))
 
 
 def write_simulation(

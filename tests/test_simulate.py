@@ -18,9 +18,8 @@ from replay.harness import run_replay
 from replay.simulate import (
     SimulationConfig,
     read_events,
-    recall_rules,
     simulate,
-    store_ids,
+    write_recall_rules,
     write_simulation,
 )
 
@@ -86,8 +85,7 @@ def test_churnflow_holds_out_exactly_the_simulators_holdout(tmp_path: Path) -> N
     config = SimulationConfig(
         stores=2, customers=300, days=240, seed=9, holdout=0.3, holdout_salt="t", effect=0.2
     )
-    for store in store_ids(config):
-        (tmp_path / f"{store}.yaml").write_text(recall_rules(config, store))
+    write_recall_rules(config, tmp_path)
     intents: list[RecallIntent] = []
     sinks = FlowSinks(
         redis=TestingSink([]), dead_letter=TestingSink([]), recalls=TestingSink(intents)
