@@ -226,6 +226,8 @@ class _StoreSample:
 
     rows: dict[int, tuple[float, float, float]]
     """hash -> (orders, first order ts, last order ts), the latest seen."""
+    largest: int = -1
+    """The largest hash in ``rows`` (-1 while empty)."""
     params: BGNBDParams | None = None
     fitted_at: float = -math.inf
 
@@ -269,17 +271,28 @@ class PriorFitter:
         if sample is None:
             sample = self.stores[store_id] = _StoreSample({})
         key = zlib.crc32(f"{store_id}:{customer_id}".encode())
+        row = (
+            orders,
+            t - features.get("tenure_days", 0.0) * DAY,
+            t - features.get("days_since_last_order", 0.0) * DAY,
+        )
         rows = sample.rows
-        if key not in rows and len(rows) >= self.sample_size:
-            largest = max(rows)
-            if key > largest:
-                return
-            del rows[largest]
-        first = t - features.get("tenure_days", 0.0) * DAY
-        last = t - features.get("days_since_last_order", 0.0) * DAY
         known = rows.get(key)
-        if known is None or (orders, last) >= (known[0], known[2]):
-            rows[key] = (orders, first, last)
+        if known is not None:  # keep the latest summary: the most orders, then last order
+            if (orders, row[2]) >= (known[0], known[2]):
+                rows[key] = row
+        elif len(rows) < self.sample_size:
+            rows[key] = row
+            sample.largest = max(sample.largest, key)
+        elif key < sample.largest:  # bottom-k: evict the largest hash
+            del rows[sample.largest]
+            rows[key] = row
+            sample.largest = max(rows)
+
+    def latest(self, store_id: str) -> BGNBDParams | None:
+        """The store's last fitted parameters, without refitting."""
+        sample = self.stores.get(store_id)
+        return None if sample is None else sample.params
 
     def params(self, store_id: str, t: float) -> BGNBDParams | None:
         """The store's parameters at event time ``t``: refitted when older than
@@ -287,8 +300,8 @@ class PriorFitter:
         sample = self.stores.get(store_id)
         if sample is None:
             return None
-        if sample.params is not None and 0.0 <= t - sample.fitted_at < self.refit_days * DAY:
-            return sample.params
+        if sample.params is not None and t - sample.fitted_at < self.refit_days * DAY:
+            return sample.params  # also for a late request: a fit never goes back in time
         sample.params, sample.fitted_at = fit_sample(sample.rows, t), t
         return sample.params
 
