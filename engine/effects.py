@@ -87,6 +87,7 @@ __all__ = [
     "EffectsConfig",
     "EffectsGroup",
     "EffectsSnapshot",
+    "EffectsState",
     "RowKey",
     "first_in_window",
     "newcombe_interval",
@@ -101,6 +102,13 @@ MONEY_UNITS = 10_000
 """Money is counted in integer 1/10,000 of the base currency."""
 SEP = "\x1f"
 SNAPSHOT_VERSION = 3
+"""Of :meth:`EffectsGroup.snapshot` (one pickle of the whole group)."""
+STATE_FORMAT = "effects/4"
+"""Of :meth:`EffectsGroup.epoch_snapshot` (kept per-customer pickles)."""
+
+EffectsState = tuple[str, bytes, tuple[str, ...], tuple[bytes, ...]]
+"""What :meth:`EffectsGroup.epoch_snapshot` returns: the format, the group's pickled
+state without its customers, and the customers' keys and pickled records."""
 
 COUNT_FIELDS = (
     "sent",
@@ -256,6 +264,10 @@ def first_in_window(ts: float, orders: list[Order], window_s: float) -> Order | 
     return best
 
 
+def _sizes(record: _Customer) -> tuple[int, int, int, int]:
+    return len(record.touches), len(record.orders), len(record.refunds), len(record.engagement)
+
+
 def _tombstone(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
@@ -275,6 +287,10 @@ class EffectsGroup:
         self.pruned_to = float("-inf")
         self.progress = float("-inf")
         """Newest score time the trigger stage reported (used when ``config.gated``)."""
+        self._blobs: dict[str, bytes] = {}
+        """Each customer's record as pickled by the last :meth:`epoch_snapshot`."""
+        self._touched: set[str] = set()
+        """Customers whose records may have changed since the last epoch snapshot."""
 
     # -- counters -------------------------------------------------------------------
 
@@ -373,6 +389,7 @@ class EffectsGroup:
     def _add_touch(self, store: str, customer: str, touch: Touch) -> set[str]:
         self._observe(store, touch.ts)
         ckey = f"{store}{SEP}{customer}"
+        self._touched.add(ckey)
         erased = self._erased(ckey, touch.ts)
         record = self.customers.get(ckey) or _Customer()
         if any(t.key == touch.key and t.holdout == touch.holdout for t in record.touches):
@@ -394,6 +411,7 @@ class EffectsGroup:
     ) -> set[str]:
         self._observe(store, ts)
         ckey = f"{store}{SEP}{customer}"
+        self._touched.add(ckey)
         if self._erased(ckey, ts):
             return set()
         record = self.customers.setdefault(ckey, _Customer())
@@ -406,6 +424,7 @@ class EffectsGroup:
         """A refund or cancellation (``refund_id``: its event id) of one of the orders."""
         self._observe(store, refund.ts)
         ckey = f"{store}{SEP}{customer}"
+        self._touched.add(ckey)
         if self._erased(ckey, refund.ts):
             return set()
         record = self.customers.setdefault(ckey, _Customer())
@@ -422,6 +441,7 @@ class EffectsGroup:
     ) -> set[str]:
         self._observe(store, ts)
         ckey = f"{store}{SEP}{customer}"
+        self._touched.add(ckey)
         if self._erased(ckey, ts):
             return self._meta(store, "unmatched_engagement")
         record = self.customers.setdefault(ckey, _Customer())
@@ -439,6 +459,7 @@ class EffectsGroup:
     def on_erase(self, store: str, customer: str, ts: float) -> set[str]:
         ckey = f"{store}{SEP}{customer}"
         self._observe(store, ts)
+        self._touched.add(ckey)
         self.customers.pop(ckey, None)
         hashed = _tombstone(ckey)
         self.tombstones[hashed] = max(ts, self.tombstones.get(hashed, ts))
@@ -512,6 +533,7 @@ class EffectsGroup:
         window = self.config.window_s
         for ckey in list(self.customers):
             record = self.customers[ckey]
+            sizes = _sizes(record)
             record.touches = [
                 t
                 for t in record.touches
@@ -535,8 +557,11 @@ class EffectsGroup:
                     del record.engagement[message_id]
                     store = ckey.partition(SEP)[0]
                     self._meta(store, "unmatched_engagement")
+            if _sizes(record) != sizes:  # pruning only removes
+                self._touched.add(ckey)
             if record.empty():
                 del self.customers[ckey]
+                self._touched.add(ckey)
         self.tombstones = {h: at for h, at in self.tombstones.items() if at >= horizon}
         self.dedup.prune(self.max_ts - self.config.lateness_s)
 
@@ -555,7 +580,54 @@ class EffectsGroup:
             for store in names
         ]
 
+    def epoch_snapshot(self) -> EffectsState:
+        """An immutable copy of the group, cheap to take when nothing is stored.
+
+        What the Bytewax step returns at every epoch close (see
+        :meth:`engine.customers.KeyGroupCustomers.snapshot`, the same technique):
+        each customer's record is pickled on its own and the bytes are kept; only
+        the records changed since the last call (by an item or by pruning) are
+        pickled again, the others' bytes are handed over as they are, in a tuple.
+        The counters, the event-id dedup (two arrays) and the tombstones are
+        pickled whole: they are small beside the records. Restore with
+        :meth:`restore`.
+        """
+        blobs = self._customer_blobs()
+        rest = pickle.dumps(self._state_without_customers(), protocol=pickle.HIGHEST_PROTOCOL)
+        return (STATE_FORMAT, rest, tuple(blobs), tuple(blobs.values()))
+
+    def _customer_blobs(self) -> dict[str, bytes]:
+        """Every customer's pickled record; refreshes the ones touched since the last call."""
+        blobs, customers = self._blobs, self.customers
+        for key in self._touched:
+            record = customers.get(key)
+            if record is not None:
+                blobs[key] = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+            else:  # erased, pruned, or never kept
+                blobs.pop(key, None)
+        self._touched.clear()
+        if len(blobs) != len(customers):  # changed other than through the methods (a test)
+            self._touched.update(customers)
+            self._blobs = {}
+            return self._customer_blobs()
+        return blobs
+
+    def _state_without_customers(self) -> tuple[Any, ...]:
+        return (
+            self.config,
+            self.group_id,
+            self.rows,
+            self.meta,
+            self.dedup,
+            self.tombstones,
+            self.max_ts,
+            self.pruned_to,
+            self.progress,
+        )
+
     def snapshot(self) -> bytes:
+        """The whole group as one pickle (the form snapshots had before
+        :meth:`epoch_snapshot`; :meth:`restore` takes both)."""
         state = (
             SNAPSHOT_VERSION,
             self.config,
@@ -572,8 +644,13 @@ class EffectsGroup:
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def restore(cls, data: bytes, config: EffectsConfig | None = None) -> EffectsGroup:
-        """The group of a snapshot; ``config`` (today's settings) replaces the pickled one."""
+    def restore(
+        cls, data: EffectsState | bytes, config: EffectsConfig | None = None
+    ) -> EffectsGroup:
+        """The group of a snapshot (either form); ``config`` (today's settings) replaces
+        the pickled one."""
+        if isinstance(data, tuple):
+            return cls._restore_state(data, config)
         version, pickled_config, group_id, *state = pickle.loads(data)
         if version not in (1, 2, SNAPSHOT_VERSION):
             raise ValueError(f"unknown effects snapshot version {version!r}")
@@ -593,6 +670,27 @@ class EffectsGroup:
         if version < 3:  # before refunds were kept
             for record in group.customers.values():
                 record.refunds = {}
+        group._touched.update(group.customers)
+        return group
+
+    @classmethod
+    def _restore_state(cls, data: EffectsState, config: EffectsConfig | None) -> EffectsGroup:
+        version, rest, keys, blobs = data
+        if version != STATE_FORMAT:
+            raise ValueError(f"unknown effects snapshot format {version!r}")
+        pickled_config, group_id, *state = pickle.loads(rest)
+        group = cls(config or pickled_config, group_id)
+        (
+            group.rows,
+            group.meta,
+            group.dedup,
+            group.tombstones,
+            group.max_ts,
+            group.pruned_to,
+            group.progress,
+        ) = state
+        group._blobs = dict(zip(keys, blobs, strict=True))
+        group.customers = {key: pickle.loads(blob) for key, blob in group._blobs.items()}
         return group
 
 

@@ -15,7 +15,14 @@ from typing import Any
 
 from bytewax.operators import StatefulLogic
 
-from engine.effects import DAY, EffectsConfig, EffectsGroup, EffectsSnapshot, to_units
+from engine.effects import (
+    DAY,
+    EffectsConfig,
+    EffectsGroup,
+    EffectsSnapshot,
+    EffectsState,
+    to_units,
+)
 from engine.events import EraseRequest, MessageEvent, OrderEvent
 from engine.keygroups import key_group
 from engine.settings import Settings
@@ -59,7 +66,7 @@ def effects_key(item: Any, key_groups: int) -> str:
     return str(key_group(target.store_id, target.customer_id, key_groups))
 
 
-class EffectsLogic(StatefulLogic[Any, EffectsSnapshot, bytes]):
+class EffectsLogic(StatefulLogic[Any, EffectsSnapshot, EffectsState | bytes]):
     def __init__(self, group: EffectsGroup, key_groups: int) -> None:
         self.group = group
         self.key_groups = key_groups
@@ -78,16 +85,18 @@ class EffectsLogic(StatefulLogic[Any, EffectsSnapshot, bytes]):
     def on_eof(self) -> tuple[list[EffectsSnapshot], bool]:
         return self.group.snapshots(), StatefulLogic.RETAIN
 
-    def snapshot(self) -> bytes:
-        return self.group.snapshot()
+    def snapshot(self) -> EffectsState:
+        """Taken at every epoch close (see :meth:`EffectsGroup.epoch_snapshot`)."""
+        return self.group.epoch_snapshot()
 
 
 def build_effects_logic(
     settings: Settings, gated: bool = False
-) -> Callable[[bytes | None], EffectsLogic]:
+) -> Callable[[EffectsState | bytes | None], EffectsLogic]:
     config, groups = effects_config(settings, gated), settings.key_groups
 
-    def build(resume: bytes | None) -> EffectsLogic:
+    def build(resume: EffectsState | bytes | None) -> EffectsLogic:
+        """``resume``: an epoch snapshot, or a whole-group pickle of an older version."""
         group = EffectsGroup.restore(resume, config) if resume is not None else EffectsGroup(config)
         return EffectsLogic(group, groups)
 

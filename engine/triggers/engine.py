@@ -27,6 +27,7 @@ from __future__ import annotations
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from engine.triggers.assignment import assign_arm, in_holdout
 from engine.triggers.caps import DAY, SendHistory, check, record
@@ -172,13 +173,24 @@ def _due(rule: Rule, view: CustomerView, now: float) -> _Due | None:
     return None
 
 
+@lru_cache(maxsize=1024)
+def _is_zone(name: str) -> bool:
+    """Whether ``name`` is a time zone that ``zoneinfo`` knows (asked once per name).
+
+    >>> _is_zone("Europe/Berlin"), _is_zone("Mars/Olympus"), _is_zone("../etc")
+    (True, False, False)
+    """
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _zone_name(view: CustomerView, rules: RuleSet) -> str:
-    if view.timezone:
-        try:
-            zoneinfo.ZoneInfo(view.timezone)
-            return view.timezone
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            pass
+    """The customer's own time zone if it is a known one, else the store's."""
+    if view.timezone and _is_zone(view.timezone):
+        return view.timezone
     return rules.timezone
 
 

@@ -81,6 +81,7 @@ __all__ = [
     "RulesBook",
     "TriggerLogic",
     "TriggerProgress",
+    "TriggerSnapshot",
     "TriggerStage",
     "StoreRules",
     "build_trigger_logic",
@@ -97,6 +98,9 @@ TRIGGER_CAUSES = frozenset({"event", "checkpoint", "cart"})
 
 SEP = "\x1f"
 SNAPSHOT_VERSION = 1
+"""Of :meth:`TriggerStage.snapshot_bytes` (one pickle of the whole state)."""
+STATE_FORMAT = "triggers/2"
+"""Of a pickled :class:`TriggerSnapshot` (one pickle per customer)."""
 TOMBSTONE_S = 7 * 86_400.0
 """How long (event time) scores that were in flight at an erasure are refused."""
 _EMPTY = SendHistory()
@@ -339,6 +343,58 @@ def _tombstone(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
 
+TriggerState = tuple[str, tuple[str, ...], tuple[bytes, ...], dict[int, float], dict[str, int]]
+"""A :class:`TriggerSnapshot` once pickled and loaded: the format, the customers' keys
+and pickled entries, the tombstones and the counters."""
+
+
+class _PickleCache:
+    """Customer key → (the entry last pickled, its bytes), shared by a stage's snapshots."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: dict[str, tuple[_Customer, bytes]] | None = None) -> None:
+        self.entries = entries or {}
+
+
+class TriggerSnapshot:
+    """The state of a :class:`TriggerStage` at one instant, pickled only if asked.
+
+    Bytewax takes one at every epoch close, with or without recovery, and pickles
+    it only when recovery is on. A customer's entry is an immutable tuple that an
+    item replaces, never changes, so the snapshot is shallow copies of the dicts
+    (no pickling). When pickled, each entry is pickled on its own and the bytes
+    are kept with the entry they came from: the next snapshot re-pickles only the
+    entries that are not the same objects any more (the customers scored or
+    erased since). It pickles as a plain :data:`TriggerState` tuple, which
+    :meth:`TriggerStage.restore` takes.
+    """
+
+    __slots__ = ("customers", "tombstones", "counters", "_cache")
+
+    def __init__(self, stage: TriggerStage) -> None:
+        self.customers = dict(stage.customers)
+        self.tombstones = dict(stage.tombstones)
+        self.counters = dict(stage.counters)
+        self._cache = stage._pickles
+
+    def state(self) -> TriggerState:
+        """The snapshot as plain data (what it pickles as)."""
+        kept = self._cache.entries
+        entries: dict[str, tuple[_Customer, bytes]] = {}
+        for key, customer in self.customers.items():
+            entry = kept.get(key)
+            if entry is None or entry[0] is not customer:
+                entry = (customer, pickle.dumps(customer, protocol=pickle.HIGHEST_PROTOCOL))
+            entries[key] = entry
+        self._cache.entries = entries
+        blobs = tuple(blob for _, blob in entries.values())
+        return (STATE_FORMAT, tuple(entries), blobs, self.tombstones, self.counters)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (tuple, (self.state(),))
+
+
 class TriggerStage:
     """The trigger state of one key group: per customer, send history and last score."""
 
@@ -348,6 +404,17 @@ class TriggerStage:
         self.tombstones: dict[int, float] = {}
         """Hash of an erased customer's key → erasure time (see the module docstring)."""
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        self._pickles = _PickleCache()
+        """Pickled entries of the last pickled snapshot (see :class:`TriggerSnapshot`)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_pickles"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pickles = _PickleCache()
 
     def on_scored(self, scored: Scored) -> list[RecallIntent]:
         """The intents this score triggers (recorded in the customer's history)."""
@@ -438,20 +505,40 @@ class TriggerStage:
 
     # -- recovery ------------------------------------------------------------------
 
-    def snapshot(self) -> bytes:
-        """The state as bytes (rules are not included: they are reloaded from files)."""
+    def snapshot(self) -> TriggerSnapshot:
+        """The state now (rules are not included: they are reloaded from files)."""
+        return TriggerSnapshot(self)
+
+    def snapshot_bytes(self) -> bytes:
+        """The state as one pickle (the form snapshots had before :class:`TriggerSnapshot`)."""
         state = (SNAPSHOT_VERSION, self.customers, self.tombstones, self.counters)
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def restore(cls, data: bytes, rules: RulesBook | str | Path) -> TriggerStage:
-        version, *state = pickle.loads(data)
-        if version != SNAPSHOT_VERSION:
-            raise ValueError(f"unknown trigger snapshot version {version!r}")
-        customers, tombstones, counters = state
+    def restore(
+        cls, data: TriggerSnapshot | TriggerState | bytes, rules: RulesBook | str | Path
+    ) -> TriggerStage:
+        """The stage of a snapshot: as taken, as pickled and loaded, or an older pickle."""
         stage = cls(rules)
-        stage.customers = customers
-        stage.tombstones = tombstones
+        if isinstance(data, TriggerSnapshot):
+            data = data.state()
+        if isinstance(data, tuple):
+            version, keys, blobs, tombstones, counters = data
+            if version != STATE_FORMAT:
+                raise ValueError(f"unknown trigger snapshot format {version!r}")
+            stage.customers = {
+                key: pickle.loads(blob) for key, blob in zip(keys, blobs, strict=True)
+            }
+            stage._pickles.entries = {
+                key: (customer, blob)
+                for (key, customer), blob in zip(stage.customers.items(), blobs, strict=True)
+            }
+        else:
+            version, customers, tombstones, counters = pickle.loads(data)
+            if version != SNAPSHOT_VERSION:
+                raise ValueError(f"unknown trigger snapshot version {version!r}")
+            stage.customers = customers
+        stage.tombstones = dict(tombstones)
         stage.counters.update(counters)
         return stage
 
@@ -482,7 +569,7 @@ def trigger_key(item: Scored | Erased, key_groups: int) -> str:
     return str(key_group(item.store_id, item.customer_id, key_groups))
 
 
-class TriggerLogic(StatefulLogic[Any, Any, bytes]):
+class TriggerLogic(StatefulLogic[Any, Any, TriggerSnapshot | TriggerState | bytes]):
     """Adapts :class:`TriggerStage`: ``Scored`` → intents, ``Erased`` → forget.
 
     With ``progress_groups`` (the number of key groups) it also emits a
@@ -510,7 +597,8 @@ class TriggerLogic(StatefulLogic[Any, Any, bytes]):
             self.stage.on_erased(value.store_id, value.customer_id, value.t)
         return [], StatefulLogic.RETAIN
 
-    def snapshot(self) -> bytes:
+    def snapshot(self) -> TriggerSnapshot:
+        """Taken at every epoch close: cheap unless Bytewax pickles it (recovery)."""
         return self.stage.snapshot()
 
 
@@ -518,7 +606,7 @@ def build_trigger_logic(
     rules: RulesBook | str | Path,
     progress_groups: int | None = None,
     cart_check_hours: float | None = None,
-) -> Callable[[bytes | None], TriggerLogic]:
+) -> Callable[[TriggerState | bytes | None], TriggerLogic]:
     """The ``op.stateful`` builder; all key groups of a worker share one ``RulesBook``.
 
     ``progress_groups``: emit :class:`TriggerProgress` items too (for effect tracking).
@@ -529,7 +617,8 @@ def build_trigger_logic(
     if cart_check_hours is not None:
         book.check_cart_hours(cart_check_hours)
 
-    def build(resume: bytes | None) -> TriggerLogic:
+    def build(resume: TriggerState | bytes | None) -> TriggerLogic:
+        """``resume``: a pickled :class:`TriggerSnapshot`, or an older whole pickle."""
         if resume is not None:
             return TriggerLogic(TriggerStage.restore(resume, book), progress_groups)
         return TriggerLogic(TriggerStage(book), progress_groups)
