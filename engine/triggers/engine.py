@@ -97,6 +97,9 @@ class Evaluation:
     blocked: tuple[Blocked, ...] = ()
 
 
+_NOTHING_DUE = Evaluation()
+
+
 @dataclass(frozen=True, slots=True)
 class _Due:
     step: int
@@ -211,8 +214,17 @@ def evaluate_detailed(
     """Intents to emit for ``view`` at ``now_ts``, and the due ones that were blocked."""
     if view.source and view.source.lower() in rules.channels.forbidden_sources:
         return Evaluation((), (Blocked("*", 0, "forbidden_source"),))
-    policy = rules.cap_policy()
     region = rules.region_of(view.country)
+    due_rules = [
+        (rule, due)
+        for rule in rules.rules
+        if rule.enabled
+        and _conditions_hold(rule.when, view, region)
+        and (due := _due(rule, view, now_ts)) is not None
+    ]
+    if not due_rules:  # most evaluations: nothing else to work out
+        return _NOTHING_DUE
+    policy = rules.cap_policy()
     tz = _zone_name(view, rules)
     sent_keys = history.keys()
     pending = history  # plus what this evaluation emits, so caps hold across its rules
@@ -224,12 +236,7 @@ def evaluate_detailed(
     )
     intents: list[RecallIntent] = []
     blocked: list[Blocked] = []
-    for rule in rules.rules:
-        if not rule.enabled or not _conditions_hold(rule.when, view, region):
-            continue
-        due = _due(rule, view, now_ts)
-        if due is None:
-            continue
+    for rule, due in due_rules:
         key = idempotency_key(view.store_id, view.customer_id, rule.id, due.step, due.due_ts)
         if key in sent_keys:
             blocked.append(Blocked(rule.id, due.step, "already_sent", key))
