@@ -207,26 +207,40 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         """Learn the examples and score the requests of ``values`` in their order."""
         out: list[Any] = []
         pending: list[ScoreRequest] = []
+        run: list[Example] = []  # consecutive examples, learned together
         touched: set[str] = set()
         for item in values:
             if isinstance(item, ScoreRequest):
                 if item.cause == "final":
                     self.final_requests.append(item)
                 elif self.score_causes is None or item.cause in self.score_causes:
+                    if run:
+                        self._learn(run, out, touched)
+                        run = []
                     pending.append(item)
             elif isinstance(item, Example):
                 if pending:
                     out.extend(self._score(pending))
                     pending = []
-                p = self.model.learn(item.features, item.y, item.store_id)
-                touched.add(item.store_id)
-                if self.trace:
-                    out.append(Learned(item.resolved_at, item.y, p))
+                run.append(item)
+        if run:
+            self._learn(run, out, touched)
         if pending:
             out.extend(self._score(pending))
         if touched:
             out.append(self._status(touched))
         return out
+
+    def _learn(self, run: list[Example], out: list[Any], touched: set[str]) -> None:
+        """Learn ``run`` in order (as ``learn`` one by one would), tracing into ``out``."""
+        batch = [(item.features, item.y, item.store_id) for item in run]
+        probabilities = self.model.learn_many(batch)
+        touched.update(item.store_id for item in run)
+        if self.trace:
+            out.extend(
+                Learned(item.resolved_at, item.y, p)
+                for item, p in zip(run, probabilities, strict=True)
+            )
 
     def _status(self, stores: set[str] | None = None) -> ModelStatus:
         """The shard's status, with the own view of ``stores`` (default: every store)."""

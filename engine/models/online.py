@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 from river import compose, drift, ensemble, linear_model, optim, preprocessing, tree
 
 from engine.errors import ConfigError
+from engine.models.batch_learn import learn_sequence, supports
 from engine.models.metrics import ProgressiveMetrics
 from engine.models.reasons import describe_reasons
 
@@ -63,6 +65,24 @@ def dropout_evidence(days_since_last_order: float, tenure_days: float, orders: f
 
 
 DERIVED = "dropout_evidence"
+
+
+def _input_row(features: dict[str, float]) -> list[float]:
+    """:func:`model_inputs` as a list of its values, in the same order.
+
+    >>> x = {"order_count": 2.0, "days_since_last_order": 10.0, "tenure_days": 40.0}
+    >>> _input_row(x) == list(model_inputs(x).values())
+    True
+    """
+    row = [math.log1p(value) if value > 0 else 0.0 for value in features.values()]
+    row.append(
+        dropout_evidence(
+            features.get("days_since_last_order", 0.0),
+            features.get("tenure_days", 0.0),
+            features.get("order_count", 0.0),
+        )
+    )
+    return row
 
 
 def model_inputs(features: dict[str, float]) -> dict[str, float]:
@@ -182,15 +202,53 @@ class ChurnModel:
             p = float(self.pipeline.predict_proba_one(inputs).get(True, 0.0))
         else:
             p = self.prior(features)
+        self._count(y, p, store_id)
+        self.pipeline.learn_one(inputs, bool(y))
+        self.learned += 1
+        return p
+
+    def _count(self, y: int, p: float, store_id: str | None) -> None:
+        """The running metrics and drift detector after an example scored ``p``."""
         self.metrics.update(y, p)
         if store_id is not None:
             self.store_metrics.setdefault(store_id, ProgressiveMetrics()).update(y, p)
         self.drift.update(self.metrics.last_log_loss)
         if self.drift.drift_detected:
             self.drifts_detected += 1
-        self.pipeline.learn_one(inputs, bool(y))
-        self.learned += 1
-        return p
+
+    def learn_many(self, batch: Sequence[tuple[dict[str, float], int, str | None]]) -> list[float]:
+        """``[self.learn(features, y, store_id) for ...]``, with the same result bit for
+        bit, several times faster for the logistic regression (:mod:`.batch_learn`).
+
+        >>> x = {"days_since_last_order": 80.0, "overdue_ratio": 2.7, "order_count": 1.0}
+        >>> batch = [({**x, "order_count": float(i % 5)}, i % 3 == 0, "s") for i in range(40)]
+        >>> one, many = ChurnModel(warm_examples=10), ChurnModel(warm_examples=10)
+        >>> [one.learn(*item) for item in batch] == many.learn_many(batch)
+        True
+        >>> weights = [m.pipeline["LogisticRegression"].weights for m in (one, many)]
+        >>> weights[0] == weights[1], one.status() == many.status()
+        (True, True)
+        """
+        names = list(batch[0][0]) if batch else []
+        if (
+            self.kind != "logreg"
+            or len(batch) < 2
+            or not supports(self.pipeline)
+            or any(list(features) != names for features, _, _ in batch)
+        ):
+            return [self.learn(features, y, store_id) for features, y, store_id in batch]
+        rows = [_input_row(features) for features, _, _ in batch]
+        model_p = learn_sequence(
+            self.pipeline, [*names, DERIVED], rows, [bool(y) for _, y, _ in batch]
+        )
+        out = []
+        for (features, y, store_id), p in zip(batch, model_p, strict=True):
+            if not self.warm:
+                p = self.prior(features)
+            self._count(y, p, store_id)
+            self.learned += 1
+            out.append(p)
+        return out
 
     def score_batch(
         self, batch: list[dict[str, float]], top_reasons: int = 3

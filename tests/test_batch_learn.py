@@ -1,0 +1,108 @@
+"""``ChurnModel.learn_many`` / ``batch_learn.learn_sequence`` against River's ``learn_one``.
+
+The batch path must leave the model exactly as one ``learn`` per example would: the
+same probabilities (compared with ``==``, not approximately), weights, intercept,
+scaler statistics, metrics and drift counts.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import pytest
+from river import compose, linear_model, optim, preprocessing
+
+from engine.features.vector import FEATURE_NAMES
+from engine.models.batch_learn import learn_sequence, supports
+from engine.models.online import ChurnModel, build_pipeline
+
+
+def features(rng: random.Random, churn: int) -> dict[str, float]:
+    x = {name: rng.choice([0.0, -1.0, rng.uniform(0, 400)]) for name in FEATURE_NAMES}
+    x["days_since_last_order"] = rng.uniform(60, 300) if churn else rng.uniform(0, 40)
+    x["order_count"] = float(rng.randint(1, 3) if churn else rng.randint(2, 12))
+    x["overdue_ratio"] = x["days_since_last_order"] / 30.0
+    x["open_cart"] = 0.0  # a feature that never varies: its variance stays 0
+    return x
+
+
+def learned_state(model: ChurnModel) -> bytes:
+    """Everything learning changes, pickled (the pipeline without River's plan caches)."""
+    scaler = model.pipeline["StandardScaler"]
+    lr = model.pipeline["LogisticRegression"]
+    return pickle.dumps(
+        (
+            scaler.counts,
+            scaler.means,
+            scaler.vars,
+            lr.weights,
+            lr.intercept,
+            lr.optimizer.n_iterations,
+            model.learned,
+            model.metrics.__dict__,
+            {k: v.__dict__ for k, v in model.store_metrics.items()},
+            model.drifts_detected,
+            model.status(),
+        )
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_learn_many_equals_learn_one_by_one(seed: int) -> None:
+    rng = random.Random(seed)
+    batches = [
+        [
+            (features(rng, y), y, rng.choice(["a", "b", None]))
+            for y in (int(rng.random() < 0.6) for _ in range(rng.randint(1, 400)))
+        ]
+        for _ in range(6)
+    ]
+    one, many = ChurnModel(warm_examples=150), ChurnModel(warm_examples=150)
+    for batch in batches:  # warmth switches inside a batch; a batch of 1 falls back
+        expected = [one.learn(x, y, store) for x, y, store in batch]
+        assert many.learn_many(batch) == expected
+        assert learned_state(many) == learned_state(one)
+    assert one.warm and many.warm
+    probe = [features(rng, i % 2) for i in range(20)]
+    assert many.score_batch(probe) == one.score_batch(probe)
+
+
+def test_learn_many_falls_back_when_keys_differ() -> None:
+    rng = random.Random(9)
+    batch = [(features(rng, i % 2), i % 2, "s") for i in range(30)]
+    shuffled = dict(reversed(list(batch[7][0].items())))  # same keys, other order
+    batch[7] = (shuffled, batch[7][1], "s")
+    one, many = ChurnModel(warm_examples=5), ChurnModel(warm_examples=5)
+    assert many.learn_many(batch) == [one.learn(x, y, s) for x, y, s in batch]
+    assert learned_state(many) == learned_state(one)
+
+
+def test_learn_sequence_continues_a_trained_pipeline() -> None:
+    """Starting from learned state (and a restored snapshot) gives the same as River."""
+    rng = random.Random(4)
+    names = ["a", "b", "c"]
+    rows = [[rng.gauss(0, 3), rng.choice([0.0, 1.0]), 5.0] for _ in range(500)]
+    ys = [rng.random() < 0.3 for _ in rows]
+    river_model, ours = build_pipeline(), build_pipeline()
+    expected = []
+    for row, y in zip(rows, ys, strict=True):
+        x = dict(zip(names, row, strict=True))
+        expected.append(river_model.predict_proba_one(x)[True])
+        river_model.learn_one(x, y)
+    got = learn_sequence(ours, names, rows[:200], ys[:200])
+    ours = pickle.loads(pickle.dumps(ours))
+    got += learn_sequence(ours, names, rows[200:], ys[200:])
+    assert got == expected
+    assert ours["LogisticRegression"].weights == river_model["LogisticRegression"].weights
+    assert ours["StandardScaler"].vars == river_model["StandardScaler"].vars
+
+
+def test_supports_only_the_mirrored_configuration() -> None:
+    assert supports(build_pipeline("logreg"))
+    assert not supports(build_pipeline("hoeffding_tree"))
+    adam = compose.Pipeline(
+        preprocessing.StandardScaler(), linear_model.LogisticRegression(optim.Adam())
+    )
+    assert not supports(adam)
+    assert not supports(compose.Pipeline(linear_model.LogisticRegression()))
