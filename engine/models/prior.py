@@ -1,12 +1,12 @@
-"""The cold-start prior: a BG/NBD model fitted online to the customers seen so far.
+"""The cold-start prior: a Pareto/NBD model fitted online to the customers seen so far.
 
 Until the churn model has learned enough labelled examples, a customer is scored by
-the probability of no order in the next ``horizon_days`` days under a BG/NBD model
-(Fader, Hardie and Lee 2005; time unit: days). Its four parameters are not set by
-hand: :class:`PriorFitter` keeps the latest purchase summary of a bounded,
-hash-chosen sample of each store's customers and fits them by maximum likelihood
-when a score needs them (at most once every ``refit_days`` of event time). Before a
-store has enough customers the transparent :func:`overdue_prior` is used.
+how few orders a Pareto/NBD model (Schmittlein, Morrison and Colombo 1987; time unit:
+days) expects of them in the next ``horizon_days`` days. Its four parameters are not
+set by hand: :class:`PriorFitter` keeps the latest purchase summary of a bounded,
+hash-chosen sample of each store's customers and fits them by maximum likelihood when
+a score needs them (at most once every ``refit_days`` of event time). Before a store
+has enough customers the transparent :func:`overdue_prior` is used.
 
 A customer's summary comes from the feature vector alone (:func:`summary`):
 
@@ -15,16 +15,16 @@ A customer's summary comes from the feature vector alone (:func:`summary`):
 - ``t_x`` = ``T - days_since_last_order`` (first to last order).
 
 The score is ``exp(-E[orders in the horizon])``, the chance of none if the expected
-count were Poisson; it ranks exactly as minus the expected count (the batch BTYD
-baselines' score) and is a probability. On CDNOW it ranks better than BG/NBD's own
-P(no order in the horizon) at every cut tried (BENCHMARKS.md).
+count were Poisson: it ranks exactly as minus the expected count (the batch BTYD
+baselines' score) and is a probability. On CDNOW, BG/NBD's exact P(no order in the
+horizon) ranked below its ``exp(-E)`` at every cut and horizon tried (BENCHMARKS.md).
 
->>> params = BGNBDParams(r=0.25, alpha=25.0, a=0.8, b=2.0)
+>>> params = ParetoNBDParams(r=0.6, alpha=60.0, s=0.4, beta=20.0)
 >>> x = {"order_count": 3.0, "tenure_days": 120.0, "days_since_last_order": 10.0}
 >>> round(prior_probability(x, params, horizon_days=90), 4)
-0.3979
+0.3222
 >>> round(prior_probability({**x, "days_since_last_order": 100.0}, params, 90), 4)
-0.7734
+0.7223
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ MIN_CUSTOMERS = 100
 """A store's prior is fitted once its sample holds this many customers ..."""
 
 MIN_REPEATERS = 20
-"""... of whom this many have ordered more than once (otherwise ``a, b`` are unknown)."""
+"""... of whom this many have ordered more than once (else the rates are unknown)."""
 
 REFIT_DAYS = 7.0
 """Fitted parameters are reused for this many days of event time."""
@@ -58,14 +58,14 @@ LOG_BOUNDS = (-8.0, 8.0)
 Floats = npt.NDArray[np.float64]
 
 
-class BGNBDParams(NamedTuple):
-    """BG/NBD parameters: purchase rates ~ Gamma(r, alpha) (alpha in days), dropout
-    probabilities after each purchase ~ Beta(a, b)."""
+class ParetoNBDParams(NamedTuple):
+    """Pareto/NBD parameters: purchase rates ~ Gamma(r, alpha) and dropout rates
+    ~ Gamma(s, beta) (alpha and beta in days)."""
 
     r: float
     alpha: float
-    a: float
-    b: float
+    s: float
+    beta: float
 
 
 def overdue_prior(features: dict[str, float]) -> float:
@@ -90,69 +90,86 @@ def summary(features: dict[str, float]) -> tuple[float, float, float]:
     return x, t_x, big_t
 
 
-def _log_dropout_odds(params: BGNBDParams, x: Floats, t_x: Floats, big_t: Floats) -> Floats:
-    """log of (P(dropped out after the last order) / P(alive)); -inf when ``x == 0``."""
-    r, alpha, a, b = params
-    out = np.full(x.shape, -np.inf)
-    rep = x > 0
-    xr = x[rep]
-    out[rep] = (
-        math.log(a)
-        - np.log(b + xr - 1.0)
-        + (r + xr) * (np.log(alpha + big_t[rep]) - np.log(alpha + t_x[rep]))
+def _log_a0(params: ParetoNBDParams, x: Floats, t_x: Floats, big_t: Floats) -> Floats:
+    """log of the likelihood's dropout term ``A0`` (Fader and Hardie 2005, eq. 19-20)."""
+    r, alpha, s, beta = params
+    rsx = r + s + x
+    second: float | Floats = s + 1.0
+    shift, base = alpha - beta, alpha
+    if alpha < beta:  # the series in the other variable, so that it converges
+        second, shift, base = r + x, beta - alpha, beta
+
+    def term(t: Floats) -> Floats:
+        hyp = special.hyp2f1(rsx, second, rsx + 1.0, shift / (base + t))
+        return np.asarray(np.log(hyp) - rsx * np.log(base + t))
+
+    at_last, at_end = term(t_x), term(big_t)
+    with np.errstate(divide="ignore"):  # t_x == T: no time to drop out, log 0
+        return np.asarray(at_last + np.log1p(-np.exp(np.minimum(at_end - at_last, 0.0))))
+
+
+def _log_dropout_odds(params: ParetoNBDParams, x: Floats, t_x: Floats, big_t: Floats) -> Floats:
+    """log of (P(dropped out after the last order) / P(alive)) given the summary."""
+    r, alpha, s, beta = params
+    return np.asarray(
+        np.log(s / (r + s + x))
+        + _log_a0(params, x, t_x, big_t)
+        + (r + x) * np.log(alpha + big_t)
+        + s * np.log(beta + big_t)
     )
-    return out
 
 
-def log_likelihood(params: BGNBDParams, x: Floats, t_x: Floats, big_t: Floats) -> Floats:
-    """Each customer's BG/NBD log-likelihood of ``(x, t_x, T)``.
+def log_likelihood(params: ParetoNBDParams, x: Floats, t_x: Floats, big_t: Floats) -> Floats:
+    """Each customer's Pareto/NBD log-likelihood of ``(x, t_x, T)``.
 
-    >>> p = BGNBDParams(1.0, 1.0, 1.0, 1.0)
-    >>> float(log_likelihood(p, np.array([0.0]), np.array([0.0]), np.array([1.0]))[0])
-    -0.6931471805599453
+    With every parameter 1, no order in the first day has probability 5/8:
+
+    >>> p = ParetoNBDParams(1.0, 1.0, 1.0, 1.0)
+    >>> ll = log_likelihood(p, np.array([0.0]), np.array([0.0]), np.array([1.0]))
+    >>> round(float(np.exp(ll[0])), 12)
+    0.625
     """
-    r, alpha, a, b = params
+    r, alpha, s, beta = params
     alive = (
         special.gammaln(r + x)
         - special.gammaln(r)
         + r * math.log(alpha)
-        + special.betaln(a, b + x)
-        - special.betaln(a, b)
+        + s * math.log(beta)
         - (r + x) * np.log(alpha + big_t)
+        - s * np.log(beta + big_t)
     )
     return np.asarray(alive + np.logaddexp(0.0, _log_dropout_odds(params, x, t_x, big_t)))
 
 
-def probability_alive(params: BGNBDParams, x: Floats, t_x: Floats, big_t: Floats) -> Floats:
+def probability_alive(params: ParetoNBDParams, x: Floats, t_x: Floats, big_t: Floats) -> Floats:
     """P(still a customer at ``T``) given the summary.
 
-    >>> p = BGNBDParams(0.25, 25.0, 0.8, 2.0)
-    >>> x, t_x, big_t = np.array([0.0, 2.0]), np.array([0.0, 20.0]), np.array([50.0, 50.0])
+    >>> p = ParetoNBDParams(0.6, 60.0, 0.4, 20.0)
+    >>> x, t_x, big_t = np.array([0.0, 2.0]), np.array([0.0, 20.0]), np.array([0.0, 50.0])
     >>> [round(v, 4) for v in probability_alive(p, x, t_x, big_t).tolist()]
-    [1.0, 0.543]
+    [1.0, 0.7128]
     """
     return np.asarray(1.0 / (1.0 + np.exp(_log_dropout_odds(params, x, t_x, big_t))))
 
 
 def expected_purchases(
-    params: BGNBDParams, x: Floats, t_x: Floats, big_t: Floats, horizon_days: float
+    params: ParetoNBDParams, x: Floats, t_x: Floats, big_t: Floats, horizon_days: float
 ) -> Floats:
-    """E[orders in (T, T + horizon] | summary] (Fader, Hardie and Lee 2005, eq. 10).
+    """E[orders in (T, T + horizon] | summary] (Schmittlein, Morrison and Colombo 1987).
 
-    >>> p = BGNBDParams(0.25, 25.0, 0.8, 2.0)
+    >>> p = ParetoNBDParams(0.6, 60.0, 0.4, 20.0)
     >>> one = np.array([1.0])
     >>> round(float(expected_purchases(p, one, one * 40, one * 50, 90.0)[0]), 4)
-    0.8152
+    1.0196
     """
-    r, alpha, a, b = params
-    horizon = float(horizon_days)
-    ahead = (alpha + big_t) / (alpha + big_t + horizon)
-    hyp = special.hyp2f1(r + x, b + x, a + b + x - 1.0, horizon / (alpha + big_t + horizon))
-    if abs(a - 1.0) < 1e-9:
-        a = 1.0 + 1e-9  # the closed form divides by a - 1; its limit is continuous
-    scale = (a + b + x - 1.0) / (a - 1.0)
-    expected = scale * (1.0 - ahead ** (r + x) * hyp)
-    return np.asarray(probability_alive(params, x, t_x, big_t) * expected)
+    r, alpha, s, beta = params
+    rate = (r + x) / (alpha + big_t)  # the posterior mean purchase rate while alive
+    start = beta + big_t
+    if abs(s - 1.0) < 1e-9:
+        lifetime = start * np.log((start + horizon_days) / start)
+    else:  # the expected time alive in the horizon
+        lifetime = start * (1.0 - (start / (start + horizon_days)) ** (s - 1.0)) / (s - 1.0)
+    return np.asarray(probability_alive(params, x, t_x, big_t) * rate * lifetime)
 
 
 def _unique_rows(x: Floats, t_x: Floats, big_t: Floats) -> tuple[Floats, Floats, Floats, Floats]:
@@ -165,8 +182,8 @@ def _unique_rows(x: Floats, t_x: Floats, big_t: Floats) -> tuple[Floats, Floats,
     return rows[:, 0], rows[:, 1], rows[:, 2], counts.astype(float)
 
 
-def fit_bgnbd(x: Floats, t_x: Floats, big_t: Floats) -> BGNBDParams:
-    """Maximum-likelihood BG/NBD parameters of the summaries (days).
+def fit_pareto_nbd(x: Floats, t_x: Floats, big_t: Floats) -> ParetoNBDParams:
+    """Maximum-likelihood Pareto/NBD parameters of the summaries (days).
 
     Deterministic: the result depends on the multiset of summaries, not their order.
     """
@@ -176,10 +193,12 @@ def fit_bgnbd(x: Floats, t_x: Floats, big_t: Floats) -> BGNBDParams:
     total = weight.sum()
 
     def mean_negative_ll(log_params: Floats) -> float:
-        params = BGNBDParams(*np.exp(log_params).tolist())
-        return float(-(log_likelihood(params, ux, ut, uT) * weight).sum() / total)
+        params = ParetoNBDParams(*np.exp(log_params).tolist())
+        value = float(-(log_likelihood(params, ux, ut, uT) * weight).sum() / total)
+        return value if math.isfinite(value) else 1e300  # the optimiser needs a number
 
-    start = np.log([1.0, max(float(np.mean(big_t)), 1.0), 1.0, 1.0])
+    scale = max(float(np.mean(big_t)), 1.0)
+    start = np.log([1.0, scale, 1.0, scale])
     bounds = [LOG_BOUNDS] * 4
     found = optimize.minimize(
         mean_negative_ll,
@@ -190,11 +209,11 @@ def fit_bgnbd(x: Floats, t_x: Floats, big_t: Floats) -> BGNBDParams:
     )
     polished = optimize.minimize(mean_negative_ll, found.x, method="L-BFGS-B", bounds=bounds)
     best = polished.x if polished.fun <= found.fun else found.x
-    return BGNBDParams(*np.exp(best).tolist())
+    return ParetoNBDParams(*np.exp(best).tolist())
 
 
 def prior_probabilities(
-    batch: list[dict[str, float]], params: BGNBDParams | None, horizon_days: float
+    batch: list[dict[str, float]], params: ParetoNBDParams | None, horizon_days: float
 ) -> list[float]:
     """:func:`prior_probability` of many feature vectors at once (one numpy pass).
 
@@ -213,10 +232,10 @@ def prior_probabilities(
 
 
 def prior_probability(
-    features: dict[str, float], params: BGNBDParams | None, horizon_days: float
+    features: dict[str, float], params: ParetoNBDParams | None, horizon_days: float
 ) -> float:
     """``exp(-E[orders in the horizon])`` under ``params``; :func:`overdue_prior`
-    without parameters or without orders (BG/NBD describes customers who bought)."""
+    without parameters or without orders (Pareto/NBD describes customers who bought)."""
     return prior_probabilities([features], params, horizon_days)[0]
 
 
@@ -228,12 +247,12 @@ class _StoreSample:
     """hash -> (orders, first order ts, last order ts), the latest seen."""
     largest: int = -1
     """The largest hash in ``rows`` (-1 while empty)."""
-    params: BGNBDParams | None = None
+    params: ParetoNBDParams | None = None
     fitted_at: float = -math.inf
 
 
 class PriorFitter:
-    """Each store's BG/NBD prior, fitted online from a hash sample of its customers.
+    """Each store's Pareto/NBD prior, fitted online from a hash sample of its customers.
 
     ``observe`` every score request (its event time and features) in event order;
     ``probabilities`` scores a batch of one or more stores at event time ``t``. Only
@@ -289,12 +308,12 @@ class PriorFitter:
             rows[key] = row
             sample.largest = max(rows)
 
-    def latest(self, store_id: str) -> BGNBDParams | None:
+    def latest(self, store_id: str) -> ParetoNBDParams | None:
         """The store's last fitted parameters, without refitting."""
         sample = self.stores.get(store_id)
         return None if sample is None else sample.params
 
-    def params(self, store_id: str, t: float) -> BGNBDParams | None:
+    def params(self, store_id: str, t: float) -> ParetoNBDParams | None:
         """The store's parameters at event time ``t``: refitted when older than
         ``refit_days``; None while the sample is too small to fit."""
         sample = self.stores.get(store_id)
@@ -320,8 +339,8 @@ class PriorFitter:
         return out
 
 
-def fit_sample(rows: dict[int, tuple[float, float, float]], t: float) -> BGNBDParams | None:
-    """BG/NBD parameters of the sampled summaries as of ``t``; None if too few.
+def fit_sample(rows: dict[int, tuple[float, float, float]], t: float) -> ParetoNBDParams | None:
+    """Pareto/NBD parameters of the sampled summaries as of ``t``; None if too few.
 
     Customers whose first order is after ``t`` are left out (no look-ahead).
     """
@@ -331,4 +350,4 @@ def fit_sample(rows: dict[int, tuple[float, float, float]], t: float) -> BGNBDPa
     table = np.array(kept)
     x = table[:, 0] - 1.0
     first, last = table[:, 1], np.minimum(table[:, 2], t)
-    return fit_bgnbd(x, (last - first) / DAY, (t - first) / DAY)
+    return fit_pareto_nbd(x, (last - first) / DAY, (t - first) / DAY)
