@@ -190,14 +190,30 @@ def run_replay(
         score_causes=None if score_all or rules_dir is not None else frozenset(),
         model_event_order=True,  # same scores whatever the number of workers
     )
-    started = time.perf_counter()
-    with replay_gc():
+    with replay_gc():  # also while the outputs are sorted out: millions of live objects
+        started = time.perf_counter()
         if workers == 1:
             run_main(flow, epoch_interval=REPLAY_EPOCH)
         else:
             cluster_main(flow, [], 0, epoch_interval=REPLAY_EPOCH, worker_count_per_proc=workers)
-    elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        return _result(
+            events, sink_items, dead, examples, scores, learned, intents, requests, elapsed
+        )
 
+
+def _result(
+    events: Sequence[Any],
+    sink_items: list[Any],
+    dead: list[Any],
+    examples: list[Example],
+    scores: list[Scored],
+    learned: list[Learned],
+    intents: list[RecallIntent],
+    requests: CauseCountingSink,
+    elapsed: float,
+) -> ReplayResult:
+    """The outputs of a finished replay, sorted out."""
     status = None
     per_group: dict[int, dict[str, int]] = {}
     changes = 0
