@@ -606,7 +606,7 @@ def build_trigger_logic(
     rules: RulesBook | str | Path,
     progress_groups: int | None = None,
     cart_check_hours: float | None = None,
-) -> Callable[[TriggerState | bytes | None], TriggerLogic]:
+) -> Callable[[TriggerSnapshot | TriggerState | bytes | None], TriggerLogic]:
     """The ``op.stateful`` builder; all key groups of a worker share one ``RulesBook``.
 
     ``progress_groups``: emit :class:`TriggerProgress` items too (for effect tracking).
@@ -617,7 +617,7 @@ def build_trigger_logic(
     if cart_check_hours is not None:
         book.check_cart_hours(cart_check_hours)
 
-    def build(resume: TriggerState | bytes | None) -> TriggerLogic:
+    def build(resume: TriggerSnapshot | TriggerState | bytes | None) -> TriggerLogic:
         """``resume``: a pickled :class:`TriggerSnapshot`, or an older whole pickle."""
         if resume is not None:
             return TriggerLogic(TriggerStage.restore(resume, book), progress_groups)
