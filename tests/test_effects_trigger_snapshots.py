@@ -13,17 +13,40 @@ from __future__ import annotations
 import pickle
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import bytewax.operators as op
 import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, TestingSource, run_main
 
-from engine.effects import DAY, EffectsConfig, EffectsGroup, Refund, RowKey, to_units
-from engine.effects_stage import EffectsLogic, build_effects_logic
-from engine.messages import Scored, ScoreRequest
+from engine.customers import KeyGroupCustomers
+from engine.effects import (
+    DAY,
+    EffectsConfig,
+    EffectsGroup,
+    EffectsSnapshot,
+    Refund,
+    RowKey,
+    to_units,
+)
+from engine.effects_stage import EffectsLogic, build_effects_logic, effects_key, is_effect_input
+from engine.flow import decode_item, stage_config
+from engine.keygroups import key_group
+from engine.messages import DeadLetter, Erased, Scored, ScoreRequest
 from engine.settings import Settings
-from engine.triggers.stage import RulesBook, TriggerLogic, TriggerStage, build_trigger_logic
+from engine.triggers.intent import RecallIntent
+from engine.triggers.stage import (
+    RulesBook,
+    TriggerLogic,
+    TriggerStage,
+    build_trigger_logic,
+    trigger_key,
+)
+from replay.simulate import SimulationConfig, simulate
 
 RULES_DIR = Path(__file__).resolve().parents[1] / "rules"
 RULES = RulesBook(RULES_DIR)
@@ -238,8 +261,8 @@ def test_restoring_every_few_items_changes_no_output(
     expected, reference = straight
     pair = fresh()
     outputs = []
-    for n, op in enumerate(OPS, 1):
-        outputs.append(pair.apply(op))
+    for n, item in enumerate(OPS, 1):
+        outputs.append(pair.apply(item))
         if n % every == 0:
             pair = restore(pair)
         assert outputs[-1] == expected[n - 1], n
@@ -253,8 +276,8 @@ def test_every_epoch_snapshot_is_the_state_it_was_taken_at() -> None:
     restores to exactly the state of its moment, as the old whole pickle did."""
     pair = fresh()
     taken: list[tuple[Any, Any, bytes, bytes]] = []
-    for n, op in enumerate(OPS, 1):
-        pair.apply(op)
+    for n, item in enumerate(OPS, 1):
+        pair.apply(item)
         if n % 13 == 0:
             taken.append(
                 (
@@ -277,27 +300,27 @@ def test_every_epoch_snapshot_is_the_state_it_was_taken_at() -> None:
 
 def test_unpickled_snapshots_restore_and_continue() -> None:
     pair = fresh()
-    for op in OPS[:800]:
-        pair.apply(op)
+    for item in OPS[:800]:
+        pair.apply(item)
     snap = pair.trigger.snapshot()
     copy = Pair(
         TriggerStage.restore(snap, RULES),  # as taken, never pickled
         EffectsGroup.restore(pair.effects.epoch_snapshot(), CONFIG),
     )
     rest = OPS[800:1200]
-    assert [copy.apply(op) for op in rest] == [pair.apply(op) for op in rest]
+    assert [copy.apply(item) for item in rest] == [pair.apply(item) for item in rest]
     assert trigger_state(copy.trigger) == trigger_state(pair.trigger)
 
 
 def test_a_kept_snapshot_does_not_follow_the_stage() -> None:
     stage = TriggerStage(RULES)
     pair = Pair(stage, EffectsGroup(CONFIG))
-    for op in OPS[:300]:
-        pair.apply(op)
+    for item in OPS[:300]:
+        pair.apply(item)
     before = old_trigger_blob(stage)
     snap = stage.snapshot()
-    for op in OPS[300:600]:
-        pair.apply(op)
+    for item in OPS[300:600]:
+        pair.apply(item)
     assert trigger_state(TriggerStage.restore(through_pickle(snap), RULES)) == trigger_state(
         TriggerStage.restore(before, RULES)
     )
@@ -327,3 +350,76 @@ def test_bytewax_builders_resume_from_both_forms(straight: tuple[list[Any], Pair
     ]
     for resume in trigger_forms:
         assert trigger_state(build_trigger(resume).stage) == trigger_state(reference.trigger)
+
+
+# -- through Bytewax's recovery --------------------------------------------------------
+
+
+def simulated_items() -> list[Any]:
+    """A simulated stream as the two stages get it: decoded events for the effects
+    stage; the customer stage's scores (with a seeded probability) and erasures."""
+    settings = Settings()
+    groups: dict[int, KeyGroupCustomers] = {}
+    rng = random.Random(5)
+    items: list[Any] = []
+    with simulate(SimulationConfig(customers=300, days=120, seed=5)) as run:
+        lines = list(run.lines())
+    for line in lines:
+        decoded = decode_item(line, settings)
+        if isinstance(decoded, DeadLetter):
+            continue
+        event, amount = decoded
+        if is_effect_input(decoded):
+            items.append(decoded)
+        group = key_group(event.store_id, event.customer_id, settings.key_groups)
+        stage = groups.setdefault(group, KeyGroupCustomers(stage_config(settings)))
+        for out in stage.on_event(event, amount):
+            if isinstance(out, ScoreRequest):
+                items.append(Scored(out, rng.random(), [], "v1", rng.random() < 0.8))
+            elif isinstance(out, Erased):
+                items.append(out)
+    return items
+
+
+def recovering_flow(items: list[Any], out: list[Any]) -> Dataflow:
+    settings = Settings(rules_dir=RULES_DIR)
+    flow = Dataflow("snapshots")
+    stream = op.input("in", flow, TestingSource(items, batch_size=37))
+    to_trigger = op.filter("scores", stream, lambda x: isinstance(x, (Scored, Erased)))
+    keyed = op.key_on("trigger_key", to_trigger, lambda x: trigger_key(x, settings.key_groups))
+    intents = op.stateful("triggers", keyed, build_trigger_logic(RULES_DIR))
+    to_effects = op.filter("events", stream, lambda x: isinstance(x, tuple))
+    keyed_effects = op.key_on("effects_key", to_effects, lambda x: effects_key(x, 128))
+    counters = op.stateful("effects", keyed_effects, build_effects_logic(settings))
+    op.output("out", op.merge("both", intents, counters), TestingSink(out))
+    return flow
+
+
+def final_outputs(out: list[Any]) -> tuple[set[Any], dict[Any, Any]]:
+    """The intents (as keys: a resumed run emits some twice) and the last counters
+    of each key group and store (absolute: the last one wins)."""
+    intents = {(i.idempotency_key, i.holdout) for _, i in out if isinstance(i, RecallIntent)}
+    counters = {(s.key_group, s.store_id): s for _, s in out if isinstance(s, EffectsSnapshot)}
+    return intents, counters
+
+
+def test_bytewax_resumes_both_stages_from_their_stored_snapshots(tmp_path: Path) -> None:
+    items = simulated_items()
+    clean: list[Any] = []
+    run_main(recovering_flow(items, clean), epoch_interval=timedelta(0))
+    expected = final_outputs(clean)
+    assert len(expected[0]) > 20 and len(expected[1]) > 20
+
+    init_db_dir(tmp_path, 1)
+    recovery = RecoveryConfig(str(tmp_path))
+    cuts = [len(items) // 4, len(items) // 2, 3 * len(items) // 4]
+    aborting = list(items)
+    for cut in reversed(cuts):
+        aborting.insert(cut, TestingSource.ABORT())
+    resumed: list[Any] = []
+    flow = recovering_flow(aborting, resumed)
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+    assert final_outputs(resumed) != expected  # stopped at the first abort
+    for _ in cuts:  # each run resumes from the stored snapshots, up to the next abort
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+    assert final_outputs(resumed) == expected
