@@ -264,6 +264,10 @@ def first_in_window(ts: float, orders: list[Order], window_s: float) -> Order | 
     return best
 
 
+_PICKLED = ("rows", "meta", "dedup", "tombstones", "max_ts", "pruned_to", "progress")
+"""The group's state besides its config, key group and customers, in pickled order."""
+
+
 def _sizes(record: _Customer) -> tuple[int, int, int, int]:
     return len(record.touches), len(record.orders), len(record.refunds), len(record.engagement)
 
@@ -613,34 +617,17 @@ class EffectsGroup:
         return blobs
 
     def _state_without_customers(self) -> tuple[Any, ...]:
-        return (
-            self.config,
-            self.group_id,
-            self.rows,
-            self.meta,
-            self.dedup,
-            self.tombstones,
-            self.max_ts,
-            self.pruned_to,
-            self.progress,
-        )
+        return (self.config, self.group_id, *(getattr(self, name) for name in _PICKLED))
+
+    def _set_pickled(self, values: list[Any]) -> None:
+        for name, value in zip(_PICKLED, values, strict=True):
+            setattr(self, name, value)
 
     def snapshot(self) -> bytes:
         """The whole group as one pickle (the form snapshots had before
         :meth:`epoch_snapshot`; :meth:`restore` takes both)."""
-        state = (
-            SNAPSHOT_VERSION,
-            self.config,
-            self.group_id,
-            self.customers,
-            self.rows,
-            self.meta,
-            self.dedup,
-            self.tombstones,
-            self.max_ts,
-            self.pruned_to,
-            self.progress,
-        )
+        config, group_id, *rest = self._state_without_customers()
+        state = (SNAPSHOT_VERSION, config, group_id, self.customers, *rest)
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
@@ -651,22 +638,14 @@ class EffectsGroup:
         the pickled one."""
         if isinstance(data, tuple):
             return cls._restore_state(data, config)
-        version, pickled_config, group_id, *state = pickle.loads(data)
+        version, pickled_config, group_id, customers, *rest = pickle.loads(data)
         if version not in (1, 2, SNAPSHOT_VERSION):
             raise ValueError(f"unknown effects snapshot version {version!r}")
         if version == 1:  # before trigger progress was tracked
-            state.append(float("-inf"))
+            rest.append(float("-inf"))
         group = cls(config or pickled_config, group_id)
-        (
-            group.customers,
-            group.rows,
-            group.meta,
-            group.dedup,
-            group.tombstones,
-            group.max_ts,
-            group.pruned_to,
-            group.progress,
-        ) = state
+        group.customers = customers
+        group._set_pickled(rest)
         if version < 3:  # before refunds were kept
             for record in group.customers.values():
                 record.refunds = {}
@@ -678,17 +657,9 @@ class EffectsGroup:
         version, rest, keys, blobs = data
         if version != STATE_FORMAT:
             raise ValueError(f"unknown effects snapshot format {version!r}")
-        pickled_config, group_id, *state = pickle.loads(rest)
+        pickled_config, group_id, *pickled = pickle.loads(rest)
         group = cls(config or pickled_config, group_id)
-        (
-            group.rows,
-            group.meta,
-            group.dedup,
-            group.tombstones,
-            group.max_ts,
-            group.pruned_to,
-            group.progress,
-        ) = state
+        group._set_pickled(pickled)
         group._blobs = dict(zip(keys, blobs, strict=True))
         group.customers = {key: pickle.loads(blob) for key, blob in group._blobs.items()}
         return group
