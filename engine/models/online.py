@@ -211,7 +211,10 @@ class ChurnModel:
         """The running metrics and drift detector after an example scored ``p``."""
         self.metrics.update(y, p)
         if store_id is not None:
-            self.store_metrics.setdefault(store_id, ProgressiveMetrics()).update(y, p)
+            store = self.store_metrics.get(store_id)
+            if store is None:  # not setdefault: a new ProgressiveMetrics is two 1,000-lists
+                store = self.store_metrics[store_id] = ProgressiveMetrics()
+            store.update(y, p)
         self.drift.update(self.metrics.last_log_loss)
         if self.drift.drift_detected:
             self.drifts_detected += 1
