@@ -51,6 +51,9 @@ from engine.segments import lifecycle_segment, silent_after_days, value_tier
 DAY = 86400.0
 SEP = "\x1f"
 
+_WIDTH = len(FEATURE_NAMES)
+"""Values per pending point in ``CustomerRecord.pending_features``."""
+
 MAX_CHURN_T0S = 8
 """How many points labelled 1 a customer remembers for ``late_label_flips``."""
 
@@ -335,11 +338,11 @@ class KeyGroupCustomers:
     def _drop_timer(self, record: CustomerRecord | None, timer: Timer) -> None:
         """Forget a timer that was popped from the heap (from its record, or leftovers)."""
         if record is not None:
-            held = record.timers
-            for i, (_, seq, _, _) in enumerate(held):
-                if seq == timer.seq:
-                    del held[i]
-                    return
+            try:  # one search in C; the tuple is unique (its number is)
+                record.timers.remove((timer.at, timer.seq, timer.kind, timer.ref))
+                return
+            except ValueError:
+                pass
         self.orphan_timers.pop(timer.seq, None)
 
     # -- events ------------------------------------------------------------------
@@ -546,12 +549,13 @@ class KeyGroupCustomers:
     def _example(
         self, key: str, t0: float, flat: array, index: int, y: int, resolved_at: float
     ) -> Example:
-        width = len(FEATURE_NAMES)
-        values = flat[index * width : (index + 1) * width]
+        width = _WIDTH
+        values = flat[index * width : (index + 1) * width].tolist()
         store_id, customer_id = key.split(SEP, 1)
         self.counters["labels_1" if y else "labels_0"] += 1
-        features = dict(zip(FEATURE_NAMES, values.tolist(), strict=True))
-        return Example(store_id, customer_id, t0, features, y, resolved_at)
+        return Example(
+            store_id, customer_id, t0, dict(zip(FEATURE_NAMES, values, strict=True)), y, resolved_at
+        )
 
     def _resolve(self, key: str, record: CustomerRecord, t0: float, at: float) -> list[Any]:
         """The watermark passed t0 + H: emit the point, y = 0 if an order answered it."""
