@@ -85,6 +85,10 @@ class StageConfig:
     value_thresholds: tuple[float, float] = (50.0, 200.0)
     cart_check_s: float = 4 * 3600.0
     """Cart check delay after an ``add_to_cart`` (0: none); match the cart rule's hours."""
+    publish_daily: bool = True
+    """Publish the counters and the cohort and lifecycle tables at every event-time day
+    (live: the sinks show them as they go). A replay keeps only the newest of each, which
+    :meth:`KeyGroupCustomers.final` publishes for every store anyway, so it skips them."""
 
     @property
     def horizon_s(self) -> float:
@@ -484,7 +488,8 @@ class KeyGroupCustomers:
             self.lifecycle.close_weeks_before(week_index(watermark))
             if watermark // DAY > self.published_day:
                 self.published_day = watermark // DAY
-                out.extend(self.aggregates_messages())
+                if self.config.publish_daily:
+                    out.extend(self.aggregates_messages())
         self.dedup.prune(watermark)
         return out
 

@@ -16,7 +16,7 @@ classes here only adapt to Bytewax.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeGuard
@@ -324,6 +324,7 @@ def build_flow(
     flow_id: str = "churnflow",
     score_causes: frozenset[str] | None = None,
     model_event_order: bool = False,
+    publish_daily: bool = True,
 ) -> Dataflow:
     """The churnflow dataflow. ``final_ts`` closes a replay at that event time.
 
@@ -331,6 +332,8 @@ def build_flow(
     always are): a replay that reads only its final scores skips the rest.
     ``model_event_order`` (replays only: it waits for EOF) makes the model learn and
     score in event-time order, so scores do not depend on the number of workers.
+    ``publish_daily=False`` (replays) publishes the customer stage's counters and tables
+    only at the end (:attr:`StageConfig.publish_daily`).
     """
     flow = Dataflow(flow_id)
     raw = op.input("input", flow, source)
@@ -349,7 +352,7 @@ def build_flow(
         group = (
             KeyGroupCustomers.restore(resume)
             if resume is not None
-            else KeyGroupCustomers(stage_config(settings))
+            else KeyGroupCustomers(replace(stage_config(settings), publish_daily=publish_daily))
         )
         return KeyGroupLogic(group, settings.clock, final_ts, groups)
 

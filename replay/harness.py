@@ -189,6 +189,7 @@ def run_replay(
         final_ts=end_of_day_ts(last_day),
         score_causes=None if score_all or rules_dir is not None else frozenset(),
         model_event_order=True,  # same scores whatever the number of workers
+        publish_daily=False,  # only the newest tables and counters are kept
     )
     with replay_gc():  # also while the outputs are sorted out: millions of live objects
         started = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from typing import Any
 
 import pytest
 from river import compose, linear_model, optim, preprocessing
@@ -106,3 +107,58 @@ def test_supports_only_the_mirrored_configuration() -> None:
     )
     assert not supports(adam)
     assert not supports(compose.Pipeline(linear_model.LogisticRegression()))
+
+
+# -- the customer stage's end-only publication (replays) ------------------------------
+
+
+def test_end_only_publication_keeps_every_other_output_and_the_newest_tables() -> None:
+    """``publish_daily=False`` drops only superseded tables and counters."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from engine.customers import KeyGroupCustomers, StageConfig
+    from engine.events import EraseRequest, OrderEvent, decode_event
+    from engine.messages import GroupAggregates, StageCounters
+    from replay.simulate import SimulationConfig, simulate
+
+    with simulate(SimulationConfig(stores=2, customers=150, days=200, seed=8)) as run:
+        events = [decode_event(line) for line in run.lines()]
+    customers = sorted({(e.store_id, e.customer_id) for e in events})
+    erased_at = events[len(events) // 2].ts
+    for number, (store, customer) in enumerate(customers[::9]):  # some leave midway
+        events.append(
+            EraseRequest(
+                type="erase_request",
+                event_id=f"erase-{number}",
+                store_id=store,
+                customer_id=customer,
+                occurred_at=datetime.fromtimestamp(erased_at + number, UTC),
+            )
+        )
+    events.sort(key=lambda e: e.ts)
+    outputs = []
+    for daily in (True, False):
+        group = KeyGroupCustomers(replace(StageConfig(), publish_daily=daily))
+        out = []
+        for event in events:
+            amount = float(event.amount) if isinstance(event, OrderEvent) else 0.0
+            out.extend(group.on_event(event, amount))
+        out.extend(group.final(max(e.ts for e in events) + 86_400.0))
+        outputs.append(out)
+    daily_out, end_out = outputs
+    tables = (GroupAggregates, StageCounters)
+    assert [x for x in daily_out if not isinstance(x, tables)] == [
+        x for x in end_out if not isinstance(x, tables)
+    ]
+    assert sum(isinstance(x, GroupAggregates) for x in daily_out) > 2 * sum(
+        isinstance(x, GroupAggregates) for x in end_out
+    )
+
+    def newest(out: list[Any]) -> tuple[dict[str, GroupAggregates], StageCounters]:
+        aggregates = {x.store_id: x for x in out if isinstance(x, GroupAggregates)}
+        counters = [x for x in out if isinstance(x, StageCounters)][-1]
+        return aggregates, counters
+
+    assert newest(daily_out) == newest(end_out)
+    assert len(newest(end_out)[0]) == 2
