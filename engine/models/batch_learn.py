@@ -13,7 +13,9 @@ the same order as River, only with less Python work per example:
    before it (what ``predict_proba_one`` sees) and after it (what ``learn_one``
    hands the regression);
 3. the SGD loop runs on plain lists: dot products summed left to right in feature
-   order, River's own loss gradient and sigmoid, ``w - lr * (x * g + w * l2)``.
+   order, River's own loss gradient and sigmoid, ``w - lr * (x * g + w * l2)``;
+   features whose variance stays 0 (and weight +0.0) are left out of it, as they
+   change nothing there (CDNOW has no browsing, messages or refunds).
 
 :func:`supports` says whether a pipeline is of the one configuration this mirrors;
 callers fall back to ``learn_one`` otherwise (and for rows whose keys differ).
@@ -40,6 +42,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import repeat
 from operator import mul
@@ -122,12 +125,23 @@ def learn_sequence(
     lr: linear_model.LogisticRegression = pipeline.steps[list(pipeline.steps)[1]]
     x = np.array(rows, dtype=float).reshape(len(rows), len(names))
     counts, means, variances = _scaler_path(scaler, names, x)
+    last_mean, last_var = means[-1].tolist(), variances[-1].tolist()
+    weights_now = lr.weights
+    start = [weights_now.get(name, 0.0) for name in names]
+    # A feature whose variance stays 0 scales to 0.0 throughout: with a weight of +0.0
+    # its weight stays +0.0 and its products add +0.0 to the dot products, so it is left
+    # out of the loop (its mean and variance are still followed above).
+    active = [
+        j
+        for j, varies in enumerate((variances != 0.0).any(axis=0).tolist())
+        if varies or start[j] != 0.0 or math.copysign(1.0, start[j]) < 0
+    ]
+    x, means, variances = x[:, active], means[:, active], variances[:, active]
     stds = _std(variances)
     before = _scaled(x, means[:-1], variances[:-1], stds[:-1]).tolist()
     after = _scaled(x, means[1:], variances[1:], stds[1:]).tolist()
 
-    weights_now = lr.weights
-    w = [weights_now.get(name, 0.0) for name in names]
+    w = [start[j] for j in active]
     intercept = lr.intercept
     step = lr.optimizer.lr.learning_rate
     intercept_step = lr.intercept_lr.learning_rate
@@ -141,13 +155,13 @@ def learn_sequence(
         intercept -= intercept_step * loss_gradient
         w = [wi - step * (xi * loss_gradient + wi * l2) for wi, xi in zip(w, xs, strict=True)]
 
-    for name, count, mean, var in zip(
-        names, counts.tolist(), means[-1].tolist(), variances[-1].tolist(), strict=True
-    ):
+    for name, count, mean, var in zip(names, counts.tolist(), last_mean, last_var, strict=True):
         scaler.counts[name] = int(count)
         scaler.means[name] = mean
         scaler.vars[name] = var
-    for name, weight in zip(names, w, strict=True):
+    for j, weight in zip(active, w, strict=True):
+        start[j] = weight
+    for name, weight in zip(names, start, strict=True):
         lr._weights[name] = weight
     lr.intercept = intercept
     lr.optimizer.n_iterations += len(rows)
