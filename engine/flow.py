@@ -188,7 +188,11 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         """With ``event_order``: every item, until EOF."""
 
     def _score(self, requests: list[ScoreRequest]) -> list[Scored]:
-        results = self.model.score_batch([r.features for r in requests])
+        results = self.model.score_batch(
+            [r.features for r in requests],
+            store_ids=[r.store_id for r in requests],
+            at=max(r.t for r in requests),
+        )
         version, warm = self.model.version, self.model.warm
         return [
             Scored(request, p, reasons, version, warm)
@@ -211,6 +215,10 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         touched: set[str] = set()
         for item in values:
             if isinstance(item, ScoreRequest):
+                if not self.model.warm:  # the cold prior's sample of customers
+                    self.model.priors.observe(
+                        item.store_id, item.customer_id, item.t, item.features
+                    )
                 if item.cause == "final":
                     self.final_requests.append(item)
                 elif self.score_causes is None or item.cause in self.score_causes:
@@ -374,8 +382,13 @@ def build_flow(
     def build_model(resume: bytes | None) -> ModelLogic:
         if resume is not None:
             model = ChurnModel.restore(resume)
+            model.priors.horizon_days = settings.horizon_days  # the setting, not the snapshot's
         else:
-            model = ChurnModel(settings.model_warm_examples, kind=settings.model)
+            model = ChurnModel(
+                settings.model_warm_examples,
+                kind=settings.model,
+                horizon_days=settings.horizon_days,
+            )
         horizon_s = settings.horizon_days * 86_400.0
         return ModelLogic(model, trace, shards, score_causes, model_event_order, horizon_s)
 

@@ -2,10 +2,13 @@
 
 A River pipeline (``StandardScaler | LogisticRegression``) learns every resolved
 prediction point. Every example is scored before it is learned, which gives
-honest running metrics. Until ``warm_examples`` examples are learned, a
-transparent prior scores customers: ``overdue / (1 + overdue)`` where
+honest running metrics. Until ``warm_examples`` examples are learned,
+``model_warm`` is false and a prior scores customers: each store's Pareto/NBD
+model, fitted by maximum likelihood on a hash sample of its customers as seen so
+far (:mod:`engine.models.prior`; ``exp(-expected orders in the horizon)``), and,
+before a store has enough customers to fit, ``overdue / (1 + overdue)`` where
 ``overdue = days since last order / usual gap`` (0.5 when a customer is exactly
-one usual gap late), and ``model_warm`` is false.
+one usual gap late).
 
 Score requests are scored as a batch: the scaled features times the weights give,
 in one matrix product, both the probabilities and each feature's signed
@@ -35,6 +38,7 @@ from river import compose, drift, ensemble, linear_model, optim, preprocessing, 
 from engine.errors import ConfigError
 from engine.models.batch_learn import learn_sequence, supports
 from engine.models.metrics import ProgressiveMetrics
+from engine.models.prior import PriorFitter, overdue_prior, prior_probability
 from engine.models.reasons import describe_reasons
 
 VERSION_EVERY = 1000
@@ -158,7 +162,13 @@ def build_pipeline(kind: str = "logreg") -> compose.Pipeline:
 class ChurnModel:
     """One model shard: a River pipeline, its prior, metrics and version."""
 
-    def __init__(self, warm_examples: int = 500, shard: int = 0, kind: str = "logreg") -> None:
+    def __init__(
+        self,
+        warm_examples: int = 500,
+        shard: int = 0,
+        kind: str = "logreg",
+        horizon_days: float = 90.0,
+    ) -> None:
         self.warm_examples = warm_examples
         self.shard = shard
         self.kind = kind
@@ -169,6 +179,8 @@ class ChurnModel:
         self.drifts_detected = 0
         self.store_metrics: dict[str, ProgressiveMetrics] = {}
         """Each store's progressive metrics on its own examples."""
+        self.priors = PriorFitter(horizon_days)
+        """The cold-start prior of each store (see :mod:`engine.models.prior`)."""
 
     @property
     def warm(self) -> bool:
@@ -182,8 +194,12 @@ class ChurnModel:
     @staticmethod
     def prior(features: dict[str, float]) -> float:
         """The transparent fallback score: overdue / (1 + overdue)."""
-        overdue = max(features.get("overdue_ratio", 0.0), 0.0)
-        return overdue / (1.0 + overdue)
+        return overdue_prior(features)
+
+    def cold_prior(self, features: dict[str, float], store_id: str | None = None) -> float:
+        """The cold score: the store's last fitted Pareto/NBD prior, else :meth:`prior`."""
+        params = None if store_id is None else self.priors.latest(store_id)
+        return prior_probability(features, params, self.priors.horizon_days)
 
     def predict(self, features: dict[str, float]) -> float:
         """The probability the model (or, while cold, the prior) gives."""
@@ -201,7 +217,7 @@ class ChurnModel:
         if self.warm:
             p = float(self.pipeline.predict_proba_one(inputs).get(True, 0.0))
         else:
-            p = self.prior(features)
+            p = self.cold_prior(features, store_id)
         self._count(y, p, store_id)
         self.pipeline.learn_one(inputs, bool(y))
         self.learned += 1
@@ -247,20 +263,35 @@ class ChurnModel:
         out = []
         for (features, y, store_id), p in zip(batch, model_p, strict=True):
             if not self.warm:
-                p = self.prior(features)
+                p = self.cold_prior(features, store_id)
             self._count(y, p, store_id)
             self.learned += 1
             out.append(p)
         return out
 
     def score_batch(
-        self, batch: list[dict[str, float]], top_reasons: int = 3
+        self,
+        batch: list[dict[str, float]],
+        top_reasons: int = 3,
+        store_ids: list[str] | None = None,
+        at: float | None = None,
     ) -> list[tuple[float, list[dict[str, Any]]]]:
-        """Probabilities and reasons for many feature vectors at once."""
+        """Probabilities and reasons for many feature vectors at once.
+
+        While cold, with ``store_ids`` (one per vector) and the event time ``at``, each
+        store's fitted prior scores (:class:`PriorFitter`); else the overdue prior.
+        """
         if not batch:
             return []
         if not self.warm:
-            return [(self.prior(x), describe_reasons(x, None, top_reasons)) for x in batch]
+            if store_ids is None or at is None:
+                priors = [overdue_prior(x) for x in batch]
+            else:
+                priors = self.priors.probabilities(batch, store_ids, at)
+            return [
+                (p, describe_reasons(x, None, top_reasons))
+                for x, p in zip(batch, priors, strict=True)
+            ]
         if self.kind != "logreg":
             return [(self.predict(x), describe_reasons(x, None, top_reasons)) for x in batch]
         scaler: preprocessing.StandardScaler = self.pipeline["StandardScaler"]
@@ -319,6 +350,7 @@ class ChurnModel:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("store_metrics", {})  # snapshots from before per-store metrics
+        state.setdefault("priors", PriorFitter())  # ... and before the fitted prior
         self.__dict__.update(state)
 
     def snapshot(self) -> bytes:
