@@ -298,21 +298,6 @@ def event_order_key(item: ScoreRequest | Example, horizon_s: float) -> tuple[Any
     return (when, kind, spread, item.store_id, item.customer_id, t0, cause)
 
 
-def goes_to_model(item: Any, score_causes: frozenset[str] | None) -> bool:
-    """Examples, and the score requests the model will score (``final`` ones always).
-
-    The others would only be dropped there (a replay without rules scores only its
-    final requests), after being routed and, in event order, held and sorted.
-
-    >>> request = ScoreRequest("s", "c", 0.0, {}, "new", "low", {}, "event")
-    >>> goes_to_model(request, None), goes_to_model(request, frozenset())
-    (True, False)
-    """
-    if isinstance(item, ScoreRequest):
-        return score_causes is None or item.cause == "final" or item.cause in score_causes
-    return isinstance(item, Example)
-
-
 def model_shard(item: Any, shards: int) -> str:
     """Model shard key of a score request or example (``"0"`` with one shard)."""
     if shards == 1:
@@ -367,7 +352,7 @@ def build_flow(
     customers = op.stateful("customers", keyed, build_group)
     stage_out = op.key_rm("customers_out", customers)
 
-    to_model = op.filter("to_model", stage_out, partial(goes_to_model, score_causes=score_causes))
+    to_model = op.filter("to_model", stage_out, lambda x: isinstance(x, (ScoreRequest, Example)))
     if sinks.requests is not None:
         requests = op.filter("requests", stage_out, lambda x: isinstance(x, ScoreRequest))
         op.output("requests_out", requests, sinks.requests)
