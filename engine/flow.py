@@ -215,6 +215,9 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         touched: set[str] = set()
         for item in values:
             if isinstance(item, ScoreRequest):
+                if run and not self.model.warm:  # the examples before it may warm it
+                    self._learn(run, out, touched)
+                    run = []
                 if not self.model.warm:  # the cold prior's sample of customers
                     self.model.priors.observe(
                         item.store_id, item.customer_id, item.t, item.features

@@ -162,3 +162,58 @@ def test_end_only_publication_keeps_every_other_output_and_the_newest_tables() -
 
     assert newest(daily_out) == newest(end_out)
     assert len(newest(end_out)[0]) == 2
+
+
+# -- the model stage learns runs of examples as it learned them one by one -----------
+
+
+def test_model_stage_runs_match_learning_one_by_one() -> None:
+    """Runs of examples learned together give the same outputs and model state, also
+    for the cold prior's sample, which observes requests only while the model is cold
+    (the run before a request is learned first while the model may still warm up)."""
+    from engine.flow import ModelLogic, event_order_key
+    from engine.messages import Example, Learned, Scored, ScoreRequest
+
+    rng = random.Random(12)
+    items: list[Any] = []
+    for i in range(600):
+        customer = f"c{rng.randrange(80)}"
+        x = features(rng, i % 2)
+        t = 1_000.0 * i
+        if rng.random() < 0.5:
+            items.append(Example("s", customer, t - 90.0, x, i % 2, t))
+        else:
+            cause = rng.choice(["event", "checkpoint", "final"])
+            items.append(ScoreRequest("s", customer, t, x, "active", "low", {}, cause))
+    for score_causes in (frozenset(), None, frozenset({"event"})):
+        runs = ModelLogic(ChurnModel(warm_examples=40), True, 1, score_causes, True, 90.0)
+        out, _ = runs.on_batch(items)
+        more, _ = runs.on_eof()
+
+        # the stage as it was: every example learned as soon as it is reached
+        one = ModelLogic(ChurnModel(warm_examples=40), True, 1, score_causes, True, 90.0)
+        reference = one.model
+        expected: list[Any] = []
+        pending: list[ScoreRequest] = []
+        for item in sorted(items, key=lambda i: event_order_key(i, 90.0)):
+            if isinstance(item, ScoreRequest):
+                if not reference.warm:
+                    reference.priors.observe(item.store_id, item.customer_id, item.t, item.features)
+                if item.cause != "final" and (score_causes is None or item.cause in score_causes):
+                    pending.append(item)
+            else:
+                if pending:
+                    expected.extend(s.churn_probability for s in one._score(pending))
+                    pending = []
+                expected.append(reference.learn(item.features, item.y, item.store_id))
+        if pending:
+            expected.extend(s.churn_probability for s in one._score(pending))
+        learned: list[float] = []
+        for o in out + more:
+            if isinstance(o, Learned):
+                learned.append(o.p)
+            elif isinstance(o, Scored) and o.request.cause != "final":
+                learned.append(o.churn_probability)
+        assert learned == expected
+        assert learned_state(runs.model) == learned_state(reference)
+        assert pickle.dumps(runs.model.priors) == pickle.dumps(reference.priors)
