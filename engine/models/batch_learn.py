@@ -112,14 +112,17 @@ def _scaled(
 
 
 def learn_sequence(
-    pipeline: compose.Pipeline, names: Sequence[str], rows: Sequence[Sequence[float]], ys: Any
+    pipeline: compose.Pipeline,
+    names: Sequence[str],
+    rows: Sequence[Sequence[float]] | np.ndarray,
+    ys: Any,
 ) -> list[float]:
     """Learn ``rows`` (values in ``names`` order) with labels ``ys``, in order.
 
     Returns each row's probability of ``True`` before it was learned. The pipeline
     must pass :func:`supports`.
     """
-    if not rows:
+    if len(rows) == 0:
         return []
     scaler: preprocessing.StandardScaler = pipeline.steps[list(pipeline.steps)[0]]
     lr: linear_model.LogisticRegression = pipeline.steps[list(pipeline.steps)[1]]

@@ -14,6 +14,7 @@ in one bin count one half), so it costs O(1) per example and O(bins) to read.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 AUC_BINS = 1000
@@ -50,6 +51,43 @@ class ProgressiveMetrics:
         self.cal_count[cal_bin] += 1
         self.cal_pred_sum[cal_bin] += p
         self.cal_pos[cal_bin] += y
+
+    def update_many(self, ys: Sequence[int], ps: Sequence[float]) -> list[float]:
+        """:meth:`update` with each pair in order (the same sums in the same order);
+        returns each example's log loss.
+
+        >>> one, many = ProgressiveMetrics(), ProgressiveMetrics()
+        >>> pairs = [(1, 0.9), (0, 0.2), (1, 0.6), (0, 1.0), (1, 0.0)]
+        >>> for y, p in pairs:
+        ...     one.update(y, p)
+        >>> losses = many.update_many([y for y, _ in pairs], [p for _, p in pairs])
+        >>> one.__dict__ == many.__dict__, losses[-1] == one.last_log_loss
+        (True, True)
+        """
+        pos_hist, neg_hist = self.pos_hist, self.neg_hist
+        cal_count, cal_pred_sum, cal_pos = self.cal_count, self.cal_pred_sum, self.cal_pos
+        positives, log_loss_sum, brier_sum = self.positives, self.log_loss_sum, self.brier_sum
+        log, high = math.log, 1 - EPS
+        losses = []
+        for y, p in zip(ys, ps, strict=True):
+            p = min(max(p, 0.0), 1.0)
+            positives += y
+            clipped = min(max(p, EPS), high)
+            loss = -log(clipped) if y else -log(1 - clipped)
+            losses.append(loss)
+            log_loss_sum += loss
+            brier_sum += (p - y) ** 2
+            auc_bin = min(int(p * AUC_BINS), AUC_BINS - 1)
+            (pos_hist if y else neg_hist)[auc_bin] += 1
+            cal_bin = min(int(p * CALIBRATION_BINS), CALIBRATION_BINS - 1)
+            cal_count[cal_bin] += 1
+            cal_pred_sum[cal_bin] += p
+            cal_pos[cal_bin] += y
+        self.n += len(losses)
+        self.positives, self.log_loss_sum, self.brier_sum = positives, log_loss_sum, brier_sum
+        if losses:
+            self.last_log_loss = losses[-1]
+        return losses
 
     def roc_auc(self) -> float | None:
         negatives = self.n - self.positives

@@ -71,22 +71,34 @@ def dropout_evidence(days_since_last_order: float, tenure_days: float, orders: f
 DERIVED = "dropout_evidence"
 
 
-def _input_row(features: dict[str, float]) -> list[float]:
-    """:func:`model_inputs` as a list of its values, in the same order.
+def _input_matrix(batch: Sequence[dict[str, float]]) -> np.ndarray:
+    """:func:`model_inputs` of feature vectors with the same keys in the same order, as
+    the rows of a matrix (the same floats: ``math.log1p`` and :func:`dropout_evidence`
+    on each value, only not one dict at a time).
 
     >>> x = {"order_count": 2.0, "days_since_last_order": 10.0, "tenure_days": 40.0}
-    >>> _input_row(x) == list(model_inputs(x).values())
+    >>> y = {"order_count": 0.0, "days_since_last_order": -1.0, "tenure_days": 3.0}
+    >>> _input_matrix([x, y]).tolist() == [list(model_inputs(v).values()) for v in (x, y)]
     True
     """
-    row = [math.log1p(value) if value > 0 else 0.0 for value in features.values()]
-    row.append(
-        dropout_evidence(
-            features.get("days_since_last_order", 0.0),
-            features.get("tenure_days", 0.0),
-            features.get("order_count", 0.0),
+    names = list(batch[0])
+    raw = np.array([list(features.values()) for features in batch], dtype=float)
+    inputs = np.zeros((len(batch), len(names) + 1))
+    positive = raw > 0
+    inputs[:, :-1][positive] = list(map(math.log1p, raw[positive].tolist()))
+
+    def column(name: str) -> list[float]:
+        return raw[:, names.index(name)].tolist() if name in names else [0.0] * len(batch)
+
+    inputs[:, -1] = list(
+        map(
+            dropout_evidence,
+            column("days_since_last_order"),
+            column("tenure_days"),
+            column("order_count"),
         )
     )
-    return row
+    return inputs
 
 
 def model_inputs(features: dict[str, float]) -> dict[str, float]:
@@ -256,18 +268,35 @@ class ChurnModel:
             or any(list(features) != names for features, _, _ in batch)
         ):
             return [self.learn(features, y, store_id) for features, y, store_id in batch]
-        rows = [_input_row(features) for features, _, _ in batch]
+        rows = _input_matrix([features for features, _, _ in batch])
         model_p = learn_sequence(
             self.pipeline, [*names, DERIVED], rows, [bool(y) for _, y, _ in batch]
         )
         out = []
-        for (features, y, store_id), p in zip(batch, model_p, strict=True):
+        for (features, _, store_id), p in zip(batch, model_p, strict=True):
             if not self.warm:
                 p = self.cold_prior(features, store_id)
-            self._count(y, p, store_id)
             self.learned += 1
             out.append(p)
+        self._count_many([y for _, y, _ in batch], out, [store_id for _, _, store_id in batch])
         return out
+
+    def _count_many(self, ys: list[int], ps: list[float], stores: list[str | None]) -> None:
+        """:meth:`_count` of each example in order (metrics per store in order too)."""
+        losses = self.metrics.update_many(ys, ps)
+        for store_id in dict.fromkeys(stores):  # in order of first appearance, like _count
+            if store_id is None:
+                continue
+            mine = [i for i, s in enumerate(stores) if s == store_id]
+            store = self.store_metrics.get(store_id)
+            if store is None:
+                store = self.store_metrics[store_id] = ProgressiveMetrics()
+            store.update_many([ys[i] for i in mine], [ps[i] for i in mine])
+        drift = self.drift
+        for loss in losses:
+            drift.update(loss)
+            if drift.drift_detected:
+                self.drifts_detected += 1
 
     def score_batch(
         self,
