@@ -15,10 +15,13 @@ classes here only adapt to Bytewax.
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
+from operator import itemgetter
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
@@ -263,8 +266,7 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
         if self.held:
-            key = partial(event_order_key, horizon_s=self.horizon_s)
-            held, self.held = sorted(self.held, key=key), []
+            held, self.held = self._in_event_order(self.held), []
             out.extend(self._handle(held))
         if self.final_requests:
             requests = sorted(self.final_requests, key=lambda r: (r.store_id, r.customer_id))
@@ -272,6 +274,40 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
             out.extend(self._score(requests))
         out.append(self._status())
         return out, StatefulBatchLogic.RETAIN
+
+    def _in_event_order(self, held: list[Any]) -> list[Any]:
+        """``held`` sorted by :func:`event_order_key`, without the requests that
+        :meth:`_handle` would pass over: not scored (their cause is not in
+        ``score_causes``; a replay without rules scores only its final requests) and
+        after the example that warms the model (so the cold prior does not observe
+        them either)."""
+        key = partial(event_order_key, horizon_s=self.horizon_s)
+        causes = self.score_causes
+        examples = [(key(x), x) for x in held if isinstance(x, Example)]
+        if causes is None:
+            kept = [x for x in held if not isinstance(x, Example)]
+        else:
+            need = self.model.warm_examples - self.model.learned
+            if need <= 0:
+                warm: tuple[Any, ...] = (-math.inf,)
+            elif need > len(examples):
+                warm = (math.inf,)
+            else:  # the key of the example after which the model is warm
+                warm = heapq.nsmallest(need, (k for k, _ in examples))[-1]
+            kept = [
+                x
+                for x in held
+                if isinstance(x, ScoreRequest)
+                and (
+                    x.cause == "final"
+                    or x.cause in causes
+                    or x.t < warm[0]
+                    or (x.t == warm[0] and key(x) < warm)
+                )
+            ]
+        decorated = examples + [(key(x), x) for x in kept]
+        decorated.sort(key=itemgetter(0))  # stable; an example's and a request's keys differ
+        return [x for _, x in decorated]
 
     def snapshot(self) -> bytes:
         return self.model.snapshot()
