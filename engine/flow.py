@@ -391,13 +391,15 @@ def build_flow(
     customers = op.stateful("customers", keyed, build_group)
     stage_out = op.key_rm("customers_out", customers)
 
-    to_model = op.filter("to_model", stage_out, lambda x: isinstance(x, (ScoreRequest, Example)))
-    if sinks.requests is not None:
-        requests = op.filter("requests", stage_out, lambda x: isinstance(x, ScoreRequest))
-        op.output("requests_out", requests, sinks.requests)
-    if sinks.examples is not None:
-        examples = op.filter("examples", stage_out, lambda x: isinstance(x, Example))
-        op.output("examples_out", examples, sinks.examples)
+    # one predicate per item for each split (a filter per consumer was four)
+    for_model = op.branch("to_model", stage_out, lambda x: isinstance(x, (ScoreRequest, Example)))
+    to_model = for_model.trues  # requests and examples, interleaved as emitted
+    if sinks.requests is not None or sinks.examples is not None:
+        kinds = op.branch("requests", to_model, lambda x: isinstance(x, ScoreRequest))
+        if sinks.requests is not None:
+            op.output("requests_out", kinds.trues, sinks.requests)
+        if sinks.examples is not None:
+            op.output("examples_out", kinds.falses, sinks.examples)
     shards = settings.model_shards
     model_keyed = op.key_on("model_shard", to_model, lambda x: model_shard(x, shards))
 
@@ -433,7 +435,7 @@ def build_flow(
         to_triggers = op.merge(
             "to_triggers",
             op.filter("trigger_scored", scored, lambda x: isinstance(x, Scored)),
-            op.filter("trigger_erased", stage_out, lambda x: isinstance(x, Erased)),
+            op.filter("trigger_erased", for_model.falses, lambda x: isinstance(x, Erased)),
         )
         trigger_keyed = op.key_on("trigger_key", to_triggers, lambda x: trigger_key(x, groups))
         # with effect tracking, the trigger stage also reports its progress (TriggerProgress)
@@ -453,8 +455,6 @@ def build_flow(
         effects = op.stateful("effects", effects_keyed, build_effects_logic(settings, gated))
         op.output("effects_out", op.key_rm("effects_rm", effects), sinks.effects)
 
-    others = op.filter(
-        "stage_events", stage_out, lambda x: not isinstance(x, (ScoreRequest, Example))
-    )
+    others = for_model.falses  # segment changes, erasures, counters, tables
     op.output("redis", op.merge("to_redis", scored, others), sinks.redis)
     return flow
