@@ -380,16 +380,17 @@ class TriggerSnapshot:
 
     def state(self) -> TriggerState:
         """The snapshot as plain data (what it pickles as)."""
-        kept = self._cache.entries
-        entries: dict[str, tuple[_Customer, bytes]] = {}
-        for key, customer in self.customers.items():
+        customers, kept = self.customers, self._cache.entries
+        blobs: list[bytes] = []
+        for key, customer in customers.items():
             entry = kept.get(key)
             if entry is None or entry[0] is not customer:
-                entry = (customer, pickle.dumps(customer, protocol=pickle.HIGHEST_PROTOCOL))
-            entries[key] = entry
-        self._cache.entries = entries
-        blobs = tuple(blob for _, blob in entries.values())
-        return (STATE_FORMAT, tuple(entries), blobs, self.tombstones, self.counters)
+                blob = pickle.dumps(customer, protocol=pickle.HIGHEST_PROTOCOL)
+                entry = kept[key] = (customer, blob)
+            blobs.append(entry[1])
+        if len(kept) > len(customers):  # customers erased since: forget their bytes
+            self._cache.entries = {key: kept[key] for key in customers}
+        return (STATE_FORMAT, tuple(customers), tuple(blobs), self.tombstones, self.counters)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (tuple, (self.state(),))
