@@ -365,9 +365,9 @@ class TriggerSnapshot:
     item replaces, never changes, so the snapshot is shallow copies of the dicts
     (no pickling). When pickled, each entry is pickled on its own and the bytes
     are kept with the entry they came from: the next snapshot re-pickles only the
-    entries that are not the same objects any more (the customers scored or
-    erased since). It pickles as a plain :data:`TriggerState` tuple, which
-    :meth:`TriggerStage.restore` takes.
+    entries that are not the same objects any more (the customers scored since;
+    the bytes of erased ones are dropped). It pickles as a plain
+    :data:`TriggerState` tuple, which :meth:`TriggerStage.restore` takes.
     """
 
     __slots__ = ("customers", "tombstones", "counters", "_cache")
