@@ -46,6 +46,7 @@ from engine.messages import (
     SegmentChange,
     StageCounters,
 )
+from engine.pickles import refreshed_blobs
 from engine.segments import lifecycle_segment, silent_after_days, value_tier
 
 DAY = 86400.0
@@ -244,19 +245,8 @@ class KeyGroupCustomers:
 
     def _customer_blobs(self) -> dict[str, bytes]:
         """Every customer's pickled record; refreshes the ones touched since the last call."""
-        blobs, customers = self._blobs, self.customers
-        for key in self._touched:
-            record = customers.get(key)
-            if record is not None:
-                blobs[key] = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-            else:  # erased
-                blobs.pop(key, None)
-        self._touched.clear()
-        if len(blobs) != len(customers):  # added other than through on_event (a test, a tool)
-            self._touched.update(customers)
-            self._blobs = {}
-            return self._customer_blobs()
-        return blobs
+        self._blobs = refreshed_blobs(self._blobs, self._touched, self.customers)
+        return self._blobs
 
     def _state_without_customers(self) -> dict[str, Any]:
         state = dict(self.__dict__)
