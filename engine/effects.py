@@ -78,6 +78,7 @@ from typing import Any, NamedTuple
 
 from engine.events import EraseRequest, Event, MessageEvent, OrderEvent
 from engine.keygroups import EventIdDedup
+from engine.pickles import refreshed_blobs
 from engine.triggers.intent import RecallIntent
 
 __all__ = [
@@ -602,19 +603,8 @@ class EffectsGroup:
 
     def _customer_blobs(self) -> dict[str, bytes]:
         """Every customer's pickled record; refreshes the ones touched since the last call."""
-        blobs, customers = self._blobs, self.customers
-        for key in self._touched:
-            record = customers.get(key)
-            if record is not None:
-                blobs[key] = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-            else:  # erased, pruned, or never kept
-                blobs.pop(key, None)
-        self._touched.clear()
-        if len(blobs) != len(customers):  # changed other than through the methods (a test)
-            self._touched.update(customers)
-            self._blobs = {}
-            return self._customer_blobs()
-        return blobs
+        self._blobs = refreshed_blobs(self._blobs, self._touched, self.customers)
+        return self._blobs
 
     def _state_without_customers(self) -> tuple[Any, ...]:
         return (self.config, self.group_id, *(getattr(self, name) for name in _PICKLED))
