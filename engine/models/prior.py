@@ -199,17 +199,12 @@ def fit_pareto_nbd(x: Floats, t_x: Floats, big_t: Floats) -> ParetoNBDParams:
 
     scale = max(float(np.mean(big_t)), 1.0)
     start = np.log([1.0, scale, 1.0, scale])
-    bounds = [LOG_BOUNDS] * 4
-    found = optimize.minimize(
-        mean_negative_ll,
-        start,
-        method="Nelder-Mead",
-        bounds=bounds,
-        options={"maxiter": 2000, "xatol": 1e-6, "fatol": 1e-10},
-    )
-    polished = optimize.minimize(mean_negative_ll, found.x, method="L-BFGS-B", bounds=bounds)
-    best = polished.x if polished.fun <= found.fun else found.x
-    return ParetoNBDParams(*np.exp(best).tolist())
+    # L-BFGS-B alone: ~100 evaluations. A Nelder-Mead search before it (2,000
+    # iterations) reached the same likelihood within 6e-5 on simulated stores but took
+    # ~10 s a fit, since the hypergeometric terms are slow where it wanders, and a fit
+    # holds up the model stage.
+    found = optimize.minimize(mean_negative_ll, start, method="L-BFGS-B", bounds=[LOG_BOUNDS] * 4)
+    return ParetoNBDParams(*np.exp(found.x).tolist())
 
 
 def prior_probabilities(
