@@ -294,19 +294,49 @@ def test_to_base() -> None:
         to_base(Decimal("1"), "XXX", {"XXX": math.nan}, "EUR")
 
 
-def test_inlined_vector_matches_the_family_table() -> None:
+@pytest.mark.parametrize(
+    ("events", "at_day"),
+    [
+        ((), 0.0),  # nothing seen yet
+        ((browse(1), browse(2, "add_to_cart"), message(3, "message_clicked")), 40.0),
+        (
+            (
+                order(0, "12"),
+                order(9, "3"),
+                browse(10, "add_to_cart"),
+                message(11, "message_opened"),
+            ),
+            12.0,
+        ),
+        ((order(0, "12"), order(0, "5"), order(0.5, "1")), 0.5),  # same-day repeats
+        (
+            (
+                order(0, "20"),
+                order(30, "4", kind="order_refunded"),
+                order(31, kind="order_cancelled"),
+            ),
+            400.0,
+        ),
+        (
+            tuple(order(d * 7.5, "9") for d in range(60)) + (message(200, "message_unsubscribed"),),
+            900.0,
+        ),
+    ],
+)
+def test_inlined_vector_matches_the_family_table(events: tuple[Any, ...], at_day: float) -> None:
+    """``feature_vector`` inlines the families for speed: it must give the same floats."""
     from engine.features.vector import _FAMILIES
 
-    s = fold(
-        order(0, "12"), order(9, "3"), browse(10, "add_to_cart"), message(11, "message_opened")
-    )
-    te = T0 + 12 * DAY
-    expected: dict[str, float] = {}
-    for names, fn in _FAMILIES:
-        values = fn(s, te)
-        assert len(values) == len(names)
-        expected.update(zip(names, values, strict=True))
-    assert feature_vector(s, te) == expected
+    s = fold(*events)
+    te = T0 + at_day * DAY
+    for t in (te, te - 5 * DAY):  # also before the state's clock (clamped to it)
+        clamped = t if t > s.clock else s.clock
+        expected: dict[str, float] = {}
+        for names, fn in _FAMILIES:
+            values = fn(s, clamped)
+            assert len(values) == len(names)
+            expected.update(zip(names, values, strict=True))
+        assert feature_vector(s, t) == expected
 
 
 def test_consent_ties_revoke_and_string_ties_are_order_independent() -> None:
