@@ -194,7 +194,8 @@ def fit_pareto_nbd(x: Floats, t_x: Floats, big_t: Floats) -> ParetoNBDParams:
 
     def mean_negative_ll(log_params: Floats) -> float:
         params = ParetoNBDParams(*np.exp(log_params).tolist())
-        value = float(-(log_likelihood(params, ux, ut, uT) * weight).sum() / total)
+        with np.errstate(all="ignore"):  # where the optimiser probes overflowing corners
+            value = float(-(log_likelihood(params, ux, ut, uT) * weight).sum() / total)
         return value if math.isfinite(value) else 1e300  # the optimiser needs a number
 
     scale = max(float(np.mean(big_t)), 1.0)
