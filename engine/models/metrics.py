@@ -38,22 +38,11 @@ class ProgressiveMetrics:
         self.cal_pos = [0] * CALIBRATION_BINS
 
     def update(self, y: int, p: float) -> None:
-        p = min(max(p, 0.0), 1.0)
-        self.n += 1
-        self.positives += y
-        clipped = min(max(p, EPS), 1 - EPS)
-        self.last_log_loss = -math.log(clipped) if y else -math.log(1 - clipped)
-        self.log_loss_sum += self.last_log_loss
-        self.brier_sum += (p - y) ** 2
-        auc_bin = min(int(p * AUC_BINS), AUC_BINS - 1)
-        (self.pos_hist if y else self.neg_hist)[auc_bin] += 1
-        cal_bin = min(int(p * CALIBRATION_BINS), CALIBRATION_BINS - 1)
-        self.cal_count[cal_bin] += 1
-        self.cal_pred_sum[cal_bin] += p
-        self.cal_pos[cal_bin] += y
+        """Count one example (label ``y``, predicted ``p``)."""
+        self.update_many((y,), (p,))
 
     def update_many(self, ys: Sequence[int], ps: Sequence[float]) -> list[float]:
-        """:meth:`update` with each pair in order (the same sums in the same order);
+        """:meth:`update` with each pair in order (the sums run in the same order);
         returns each example's log loss.
 
         >>> one, many = ProgressiveMetrics(), ProgressiveMetrics()
@@ -63,6 +52,8 @@ class ProgressiveMetrics:
         >>> losses = many.update_many([y for y, _ in pairs], [p for _, p in pairs])
         >>> one.__dict__ == many.__dict__, losses[-1] == one.last_log_loss
         (True, True)
+        >>> [round(loss, 3) for loss in losses[:3]], many.n, many.positives
+        ([0.105, 0.223, 0.511], 5, 3)
         """
         pos_hist, neg_hist = self.pos_hist, self.neg_hist
         cal_count, cal_pred_sum, cal_pos = self.cal_count, self.cal_pred_sum, self.cal_pos

@@ -237,15 +237,7 @@ class ChurnModel:
 
     def _count(self, y: int, p: float, store_id: str | None) -> None:
         """The running metrics and drift detector after an example scored ``p``."""
-        self.metrics.update(y, p)
-        if store_id is not None:
-            store = self.store_metrics.get(store_id)
-            if store is None:  # not setdefault: a new ProgressiveMetrics is two 1,000-lists
-                store = self.store_metrics[store_id] = ProgressiveMetrics()
-            store.update(y, p)
-        self.drift.update(self.metrics.last_log_loss)
-        if self.drift.drift_detected:
-            self.drifts_detected += 1
+        self._count_many([y], [p], [store_id])
 
     def learn_many(self, batch: Sequence[tuple[dict[str, float], int, str | None]]) -> list[float]:
         """``[self.learn(features, y, store_id) for ...]``, with the same result bit for
@@ -289,7 +281,7 @@ class ChurnModel:
                 continue
             mine = [i for i, s in enumerate(stores) if s == store_id]
             store = self.store_metrics.get(store_id)
-            if store is None:
+            if store is None:  # not setdefault: a new ProgressiveMetrics is two 1,000-lists
                 store = self.store_metrics[store_id] = ProgressiveMetrics()
             store.update_many([ys[i] for i in mine], [ps[i] for i in mine])
         drift = self.drift
