@@ -36,7 +36,12 @@ from typing import Any
 from engine.cohorts import CohortTable, CustomerPeriods, LifecycleCounts, week_index
 from engine.events import EraseRequest, Event, OrderEvent
 from engine.features.state import CustomerState
-from engine.features.vector import FEATURE_NAMES, feature_vector, profile_attributes
+from engine.features.vector import (
+    FEATURE_NAMES,
+    feature_vector,
+    features_from_values,
+    profile_attributes,
+)
 from engine.keygroups import EventIdDedup, Timer, TimerHeap, Watermark
 from engine.messages import (
     Erased,
@@ -377,11 +382,11 @@ class KeyGroupCustomers:
             cart_due = self.cart_checks.get(key, ts)
             while record.next_checkpoint_ts is not None and record.next_checkpoint_ts < ts:
                 if cart_due < record.next_checkpoint_ts:  # in time order
-                    out.extend(self._cart_check(key, record, cart_due))
+                    self._cart_check(key, record, cart_due, out)
                     cart_due = ts
-                out.extend(self._take_checkpoint(key, record, record.next_checkpoint_ts))
+                self._take_checkpoint(key, record, record.next_checkpoint_ts, out)
             if cart_due < ts:
-                out.extend(self._cart_check(key, record, cart_due))
+                self._cart_check(key, record, cart_due, out)
         else:
             counters["out_of_order_events"] += 1
 
@@ -400,7 +405,7 @@ class KeyGroupCustomers:
             if key not in self.cart_checks and in_order:
                 self.cart_checks[key] = ts + self.config.cart_check_s
                 self._push_timer(record, ts + self.config.cart_check_s, "cart", key, ts)
-        out.extend(self._score_request(key, record, t, "event", features))
+        self._score_request(key, record, t, "event", out, features)
         out.extend(self._fire_timers())
         return out
 
@@ -433,7 +438,7 @@ class KeyGroupCustomers:
             gap = features["gap_mean_days"] if record.state.order_count >= 2 else None
             self._schedule_segment_timers(key, record, gap)
         if in_order:
-            out.extend(self._add_point(key, record, ts, features))
+            self._add_point(key, record, ts, features)
         else:
             self.counters["points_skipped_out_of_order"] += 1
         return out
@@ -447,35 +452,44 @@ class KeyGroupCustomers:
 
     def _fire_timers(self) -> list[Any]:
         watermark = self.watermark.value
-        timer = self.timers.pop_next_due(watermark)
+        pop_next_due = self.timers.pop_next_due
+        customers = self.customers
+        touched = self._touched
+        close_weeks_before = self.lifecycle.close_weeks_before
         out: list[Any] = []
+        week = None
+        timer = pop_next_due(watermark)
         while timer is not None:
-            # lifecycle weeks close in event-time order, between the timers
-            self.lifecycle.close_weeks_before(week_index(timer.at))
-            record = self.customers.get(timer.customer_key)
+            at, seq, kind, key, ref = timer
+            # lifecycle weeks close in event-time order, between the timers (timers pop
+            # in time order and closing the same week again changes nothing)
+            if (timer_week := week_index(at)) != week:
+                close_weeks_before(timer_week)
+                week = timer_week
+            record = customers.get(key)
             self._drop_timer(record, timer)
             if record is None:  # erased since
-                timer = self.timers.pop_next_due(watermark)
+                timer = pop_next_due(watermark)
                 continue
-            self._touched.add(timer.customer_key)
-            if timer.kind == "label":
-                out.extend(self._resolve(timer.customer_key, record, timer.ref, timer.at))
-            elif timer.kind == "checkpoint":
+            touched.add(key)
+            if kind == "label":
+                self._resolve(key, record, ref, at, out)
+            elif kind == "checkpoint":
                 # re-check: the schedule may have moved since this timer was set
-                if record.next_checkpoint_ts == timer.ref and record.last_event_ts <= timer.ref:
-                    out.extend(self._take_checkpoint(timer.customer_key, record, timer.ref))
-            elif timer.kind == "cart":
-                if self.cart_checks.get(timer.customer_key) == timer.at:
-                    out.extend(self._cart_check(timer.customer_key, record, timer.at))
+                if record.next_checkpoint_ts == ref and record.last_event_ts <= ref:
+                    self._take_checkpoint(key, record, ref, out)
+            elif kind == "cart":
+                if self.cart_checks.get(key) == at:
+                    self._cart_check(key, record, at, out)
             elif (
-                timer.kind == "segment"
-                and timer.ref == record.last_order_ts
-                and record.last_event_ts <= timer.at  # a later event was scored already
+                kind == "segment"
+                and ref == record.last_order_ts
+                and record.last_event_ts <= at  # a later event was scored already
             ):
-                out.extend(self._score_request(timer.customer_key, record, timer.at, "checkpoint"))
-            timer = self.timers.pop_next_due(watermark)
+                self._score_request(key, record, at, "checkpoint", out)
+            timer = pop_next_due(watermark)
         if watermark > float("-inf"):
-            self.lifecycle.close_weeks_before(week_index(watermark))
+            close_weeks_before(week_index(watermark))
             if watermark // DAY > self.published_day:
                 self.published_day = watermark // DAY
                 if self.config.publish_daily:
@@ -494,21 +508,23 @@ class KeyGroupCustomers:
         at = last_order + k * step
         return at
 
-    def _cart_check(self, key: str, record: CustomerRecord, at: float) -> list[Any]:
-        """The pending cart check at ``at``: a score request for the trigger stage."""
+    def _cart_check(self, key: str, record: CustomerRecord, at: float, out: list[Any]) -> None:
+        """The pending cart check at ``at``: a score request (into ``out``) for the
+        trigger stage."""
         del self.cart_checks[key]
-        return self._score_request(key, record, at, "cart")
+        self._score_request(key, record, at, "cart", out)
 
-    def _take_checkpoint(self, key: str, record: CustomerRecord, at: float) -> list[Any]:
+    def _take_checkpoint(self, key: str, record: CustomerRecord, at: float, out: list[Any]) -> None:
+        """The silent checkpoint at ``at``: a prediction point and a score request (into
+        ``out``), then the next checkpoint's timer."""
         features = feature_vector(record.state, at)
-        out = self._add_point(key, record, at, features)
-        out.extend(self._score_request(key, record, at, "checkpoint", features))
+        self._add_point(key, record, at, features)
+        self._score_request(key, record, at, "checkpoint", out, features)
         record.next_checkpoint_ts = self._next_checkpoint_after(record, at)
         if record.next_checkpoint_ts is not None:
             self._push_timer(
                 record, record.next_checkpoint_ts, "checkpoint", key, record.next_checkpoint_ts
             )
-        return out
 
     def _schedule_segment_timers(
         self, key: str, record: CustomerRecord, gap_mean_days: float | None
@@ -528,49 +544,53 @@ class KeyGroupCustomers:
 
     def _add_point(
         self, key: str, record: CustomerRecord, t0: float, features: dict[str, float]
-    ) -> list[Any]:
-        if t0 in record.pending_t0:  # same-second orders, or an order at a checkpoint
-            return []
-        if len(record.pending_t0) >= self.config.max_pending_points:
+    ) -> None:
+        pending_t0 = record.pending_t0
+        if t0 in pending_t0:  # same-second orders, or an order at a checkpoint
+            return
+        if len(pending_t0) >= self.config.max_pending_points:
             self.counters["points_skipped_cap"] += 1
-            return []
-        record.pending_t0.append(t0)
+            return
+        pending_t0.append(t0)
         record.pending_answer.append(math.nan)
         record.pending_features.extend(features.values())  # in FEATURE_NAMES order
         self._push_timer(record, t0 + self.config.horizon_s, "label", key, t0)
         self.counters["points_created"] += 1
-        return []
 
-    def _example(
-        self, key: str, t0: float, flat: array, index: int, y: int, resolved_at: float
-    ) -> Example:
-        width = _WIDTH
-        values = flat[index * width : (index + 1) * width].tolist()
+    def _resolve(
+        self, key: str, record: CustomerRecord, t0: float, at: float, out: list[Any]
+    ) -> None:
+        """The watermark passed t0 + H: emit the point into ``out``, y = 0 if an order
+        answered it."""
+        try:
+            i = record.pending_t0.index(t0)
+        except ValueError:
+            return
+        answered = record.pending_answer[i]
+        churned = answered != answered  # NaN: no order within the horizon
+        start, end = i * _WIDTH, (i + 1) * _WIDTH
+        flat = record.pending_features
         store_id, customer_id = key.split(SEP, 1)
-        self.counters["labels_1" if y else "labels_0"] += 1
-        return Example(
-            store_id, customer_id, t0, dict(zip(FEATURE_NAMES, values, strict=True)), y, resolved_at
+        out.append(
+            Example(
+                store_id,
+                customer_id,
+                t0,
+                features_from_values(*flat[start:end]),
+                int(churned),
+                at if churned else answered,
+            )
         )
-
-    def _resolve(self, key: str, record: CustomerRecord, t0: float, at: float) -> list[Any]:
-        """The watermark passed t0 + H: emit the point, y = 0 if an order answered it."""
-        for i, pending in enumerate(record.pending_t0):
-            if pending == t0:
-                answered = record.pending_answer[i]
-                churned = answered != answered  # NaN: no order within the horizon
-                example = self._example(
-                    key, t0, record.pending_features, i, int(churned), at if churned else answered
-                )
-                width = len(FEATURE_NAMES)
-                del record.pending_t0[i]
-                del record.pending_answer[i]
-                del record.pending_features[i * width : (i + 1) * width]
-                if churned:
-                    record.churn_t0s.append(t0)
-                    if len(record.churn_t0s) > MAX_CHURN_T0S:
-                        del record.churn_t0s[0]
-                return [example]
-        return []
+        del record.pending_t0[i]
+        del record.pending_answer[i]
+        del flat[start:end]
+        if churned:
+            self.counters["labels_1"] += 1
+            record.churn_t0s.append(t0)
+            if len(record.churn_t0s) > MAX_CHURN_T0S:
+                del record.churn_t0s[0]
+        else:
+            self.counters["labels_0"] += 1
 
     # -- scoring -------------------------------------------------------------------
 
@@ -580,23 +600,30 @@ class KeyGroupCustomers:
         record: CustomerRecord,
         t: float,
         cause: str,
+        out: list[Any],
         features: dict[str, float] | None = None,
-    ) -> list[Any]:
-        if features is None:
-            features = feature_vector(record.state, t)
+    ) -> None:
+        """Append the customer's score request at ``t`` to ``out``, after a
+        :class:`SegmentChange` when the lifecycle segment changed."""
         state = record.state
-        days_since = features["days_since_last_order"] if state.has_orders else None
+        if features is None:
+            features = feature_vector(state, t)
+        order_count = state.order_count
+        days_since = features["days_since_last_order"] if order_count > 0 else None
         last_gap = None
         if record.last_order_ts is not None and record.prev_order_ts is not None:
             last_gap = (record.last_order_ts - record.prev_order_ts) / DAY
-        gap_mean = features["gap_mean_days"] if state.order_count >= 2 else None
+        gap_mean = features["gap_mean_days"] if order_count >= 2 else None
+        config = self.config
         segment = lifecycle_segment(
-            state.order_count, days_since, gap_mean, last_gap, self.config.horizon_days
+            order_count, days_since, gap_mean, last_gap, config.horizon_days
         )
-        tier: str | None = value_tier(features["spend_total_base"], self.config.value_thresholds)
+        tier = (
+            value_tier(features["spend_total_base"], config.value_thresholds)
+            if order_count > 0
+            else None
+        )
         store_id, customer_id = key.split(SEP, 1)
-        out: list[Any] = []
-        tier = tier if state.has_orders else None
         if segment != record.segment or tier != record.tier:
             self.lifecycle.move(store_id, record.segment, segment, record.tier, tier)
             if segment != record.segment:
@@ -606,7 +633,6 @@ class KeyGroupCustomers:
         out.append(
             ScoreRequest(store_id, customer_id, t, features, segment, tier or "low", profile, cause)
         )
-        return out
 
     def final(self, end_ts: float) -> list[Any]:
         """Close a replay: advance to its end, then score every customer with an order."""
@@ -615,7 +641,7 @@ class KeyGroupCustomers:
         for key in sorted(self.customers):
             record = self.customers[key]
             if record.state.has_orders:
-                out.extend(self._score_request(key, record, end_ts, "final"))
+                self._score_request(key, record, end_ts, "final", out)
         out.extend(self.aggregates_messages(every_store=True))
         return out
 

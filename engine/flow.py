@@ -221,10 +221,8 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
                 if run and not self.model.warm:  # the examples before it may warm it
                     self._learn(run, out, touched)
                     run = []
-                if not self.model.warm:  # the cold prior's sample of customers
-                    self.model.priors.observe(
-                        item.store_id, item.customer_id, item.t, item.features
-                    )
+                # the fitted prior's sample (it scores while cold, then blends)
+                self.model.priors.observe(item.store_id, item.customer_id, item.t, item.features)
                 if item.cause == "final":
                     self.final_requests.append(item)
                 elif self.score_causes is None or item.cause in self.score_causes:
@@ -281,7 +279,8 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         ``score_causes``; a replay without rules scores only its final requests) and
         after the example that warms the model (so the cold prior does not observe
         them either)."""
-        key = partial(event_order_key, horizon_s=self.horizon_s)
+        # one crc32 per customer, not per item
+        key = partial(event_order_key, horizon_s=self.horizon_s, spreads={})
         causes = self.score_causes
         examples = [(key(x), x) for x in held if isinstance(x, Example)]
         if causes is None:
@@ -313,7 +312,11 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         return self.model.snapshot()
 
 
-def event_order_key(item: ScoreRequest | Example, horizon_s: float) -> tuple[Any, ...]:
+def event_order_key(
+    item: ScoreRequest | Example,
+    horizon_s: float,
+    spreads: dict[tuple[str, str], int] | None = None,
+) -> tuple[Any, ...]:
     """Where an example or a score request falls in event time.
 
     An example counts when the customer stage emits it, at ``t0 + horizon`` (not at
@@ -323,7 +326,7 @@ def event_order_key(item: ScoreRequest | Example, horizon_s: float) -> tuple[Any
     in the order of a hash of their key — ids often follow sign-up order, and SGD
     learns better from a shuffled run than from one cohort after the other — then by
     store, customer, prediction time and cause: a total order that does not depend
-    on arrival.
+    on arrival. ``spreads`` (optional) caches the hash per (store, customer).
 
     >>> ex = Example("s", "c", 100.0, {}, 0, 150.0)
     >>> event_order_key(ex, 90.0)
@@ -333,7 +336,12 @@ def event_order_key(item: ScoreRequest | Example, horizon_s: float) -> tuple[Any
         when, kind, t0, cause = item.t0 + horizon_s, 0, item.t0, ""
     else:
         when, kind, t0, cause = item.t, 1, 0.0, item.cause
-    spread = key_group(item.store_id, item.customer_id, 1 << 32)  # the whole crc32
+    ident = (item.store_id, item.customer_id)
+    spread = None if spreads is None else spreads.get(ident)
+    if spread is None:
+        spread = key_group(*ident, 1 << 32)  # the whole crc32
+        if spreads is not None:
+            spreads[ident] = spread
     return (when, kind, spread, item.store_id, item.customer_id, t0, cause)
 
 
