@@ -417,11 +417,13 @@ def build_flow(
         if resume is not None:
             model = ChurnModel.restore(resume)
             model.priors.horizon_days = settings.horizon_days  # the setting, not the snapshot's
+            model.prior_weight_examples = settings.model_prior_weight_examples
         else:
             model = ChurnModel(
                 settings.model_warm_examples,
                 kind=settings.model,
                 horizon_days=settings.horizon_days,
+                prior_weight_examples=settings.model_prior_weight_examples,
             )
         horizon_s = settings.horizon_days * 86_400.0
         return ModelLogic(model, trace, shards, score_causes, model_event_order, horizon_s)

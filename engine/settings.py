@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     """Event ids are remembered until the watermark is this far past their event time."""
     model_warm_examples: int = Field(500, ge=0)
     """Examples the model must learn before its scores replace the prior."""
+    model_prior_weight_examples: float = Field(10_000.0, ge=0)
+    """What the fitted prior is worth, in learned examples, in a warm score (0: the
+    model alone; see ``engine.models.online.blend``)."""
     epoch_interval_s: float = Field(2.0, gt=0)
     attribution_window_days: int = Field(7, ge=1)
     """Effect tracking: an order this many days after a recall send (or a holdout

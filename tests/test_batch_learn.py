@@ -169,8 +169,9 @@ def test_end_only_publication_keeps_every_other_output_and_the_newest_tables() -
 
 def test_model_stage_runs_match_learning_one_by_one() -> None:
     """Runs of examples learned together give the same outputs and model state, also
-    for the cold prior's sample, which observes requests only while the model is cold
-    (the run before a request is learned first while the model may still warm up)."""
+    for the fitted prior's sample, which observes every request the stage keeps (the
+    run before a request is learned first while the model may still warm up), and the
+    final requests' scores, blended with that prior."""
     from engine.flow import ModelLogic, event_order_key
     from engine.messages import Example, Learned, Scored, ScoreRequest
 
@@ -197,9 +198,12 @@ def test_model_stage_runs_match_learning_one_by_one() -> None:
         pending: list[ScoreRequest] = []
         for item in sorted(items, key=lambda i: event_order_key(i, 90.0)):
             if isinstance(item, ScoreRequest):
-                if not reference.warm:
+                scored = score_causes is None or item.cause in score_causes
+                if not reference.warm or scored or item.cause == "final":
+                    # the prior observes what the stage keeps (a warm model's unscored
+                    # requests are passed over)
                     reference.priors.observe(item.store_id, item.customer_id, item.t, item.features)
-                if item.cause != "final" and (score_causes is None or item.cause in score_causes):
+                if item.cause != "final" and scored:
                     pending.append(item)
             else:
                 if pending:
@@ -208,11 +212,14 @@ def test_model_stage_runs_match_learning_one_by_one() -> None:
                 expected.append(reference.learn(item.features, item.y, item.store_id))
         if pending:
             expected.extend(s.churn_probability for s in one._score(pending))
+        finals = [i for i in items if isinstance(i, ScoreRequest) and i.cause == "final"]
+        finals.sort(key=lambda r: (r.store_id, r.customer_id))  # scored last, as at EOF
+        expected.extend(s.churn_probability for s in one._score(finals))
         learned: list[float] = []
         for o in out + more:
             if isinstance(o, Learned):
                 learned.append(o.p)
-            elif isinstance(o, Scored) and o.request.cause != "final":
+            elif isinstance(o, Scored):
                 learned.append(o.churn_probability)
         assert learned == expected
         assert learned_state(runs.model) == learned_state(reference)

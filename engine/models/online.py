@@ -10,6 +10,12 @@ before a store has enough customers to fit, ``overdue / (1 + overdue)`` where
 ``overdue = days since last order / usual gap`` (0.5 when a customer is exactly
 one usual gap late).
 
+Once warm, the prior does not vanish at once: a score is the model's and the store's
+fitted prior's log-odds, weighted ``n : prior_weight_examples`` after ``n`` learned
+examples (:func:`blend`). The model takes over gradually, as a posterior outweighs its
+prior: while few labels have resolved (early in a store's life, or at long horizons,
+where every label is old) the Pareto/NBD model, which needs none, still carries weight.
+
 Score requests are scored as a batch: the scaled features times the weights give,
 in one matrix product, both the probabilities and each feature's signed
 contribution, from which the reasons are read.
@@ -147,6 +153,37 @@ H = 180: 0.7711 vs 0.7620); 0.0005 was no better (BENCHMARKS.md)."""
 
 MODEL_KINDS = ("logreg", "hoeffding_tree", "bagging")
 
+PRIOR_WEIGHT_EXAMPLES = 10_000.0
+"""How many learned examples the fitted prior is worth in a warm score (:func:`blend`).
+Measured on CDNOW at three cuts and three horizons (BENCHMARKS.md): every setting scored
+at or above the model alone with 10,000 and 20,000; this is of the order of the store's
+customer count, i.e. the prior yields once most customers have a resolved label."""
+
+
+def blend(model_p: float, prior_p: float | None, model_weight: float) -> float:
+    """The warm score: ``sigmoid(w * logit(model_p) + (1 - w) * logit(prior_p))``,
+    ``w = model_weight``; the model alone without a prior.
+
+    >>> blend(0.8, None, 0.5), blend(0.8, 0.2, 1.0)
+    (0.8, 0.8)
+    >>> round(blend(0.8, 0.2, 0.5), 6), round(blend(0.9, 0.5, 0.75), 4)
+    (0.5, 0.8386)
+    """
+    if prior_p is None or model_weight >= 1.0:
+        return model_p
+    z = model_weight * _logit(model_p) + (1.0 - model_weight) * _logit(prior_p)
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def _logit(p: float) -> float:
+    """log(p / (1 - p)), p clipped to [1e-12, 1 - 1e-12].
+
+    >>> _logit(0.5), round(_logit(1.0))
+    (0.0, 28)
+    """
+    p = min(max(p, 1e-12), 1.0 - 1e-12)
+    return math.log(p / (1.0 - p))
+
 
 def build_pipeline(kind: str = "logreg") -> compose.Pipeline:
     """The River pipeline of a model kind (``CHURNFLOW_MODEL``).
@@ -180,8 +217,11 @@ class ChurnModel:
         shard: int = 0,
         kind: str = "logreg",
         horizon_days: float = 90.0,
+        prior_weight_examples: float = PRIOR_WEIGHT_EXAMPLES,
     ) -> None:
         self.warm_examples = warm_examples
+        self.prior_weight_examples = prior_weight_examples
+        """What the fitted prior is worth, in learned examples, in a warm score."""
         self.shard = shard
         self.kind = kind
         self.pipeline = build_pipeline(kind)
@@ -197,6 +237,39 @@ class ChurnModel:
     @property
     def warm(self) -> bool:
         return self.learned >= self.warm_examples
+
+    @property
+    def model_weight(self) -> float:
+        """The model's share of a warm score's log-odds (:func:`blend`).
+
+        >>> m = ChurnModel(prior_weight_examples=100.0)
+        >>> m.learned = 300
+        >>> m.model_weight, ChurnModel(prior_weight_examples=0.0).model_weight
+        (0.75, 1.0)
+        """
+        k = self.prior_weight_examples
+        return 1.0 if k <= 0.0 else self.learned / (self.learned + k)
+
+    def _blended(
+        self,
+        model_ps: list[float],
+        batch: Sequence[dict[str, float]],
+        store_ids: Sequence[str | None],
+        at: float | None,
+        weights: Sequence[float],
+    ) -> list[float]:
+        """Warm scores: each model probability blended, with its model weight, with its
+        store's fitted prior (as of ``at``, refitting when stale; None: the last fits)."""
+        if not self.priors.stores or all(w >= 1.0 for w in weights):
+            return model_ps
+        known = [i for i, s in enumerate(store_ids) if s is not None]
+        fitted = self.priors.fitted(
+            [batch[i] for i in known], [str(store_ids[i]) for i in known], at
+        )
+        out = list(model_ps)
+        for i, prior_p in zip(known, fitted, strict=True):
+            out[i] = blend(out[i], prior_p, weights[i])
+        return out
 
     @property
     def version(self) -> str:
@@ -228,6 +301,7 @@ class ChurnModel:
         inputs = model_inputs(features)  # read, never modified, by both calls below
         if self.warm:
             p = float(self.pipeline.predict_proba_one(inputs).get(True, 0.0))
+            p = self._blended([p], [features], [store_id], None, [self.model_weight])[0]
         else:
             p = self.cold_prior(features, store_id)
         self._count(y, p, store_id)
@@ -265,11 +339,18 @@ class ChurnModel:
             self.pipeline, [*names, DERIVED], rows, [bool(y) for _, y, _ in batch]
         )
         out = []
+        weights = []  # the model's weight in each example's score (1: scored cold)
         for (features, _, store_id), p in zip(batch, model_p, strict=True):
-            if not self.warm:
+            if self.warm:
+                weights.append(self.model_weight)
+            else:
                 p = self.cold_prior(features, store_id)
+                weights.append(1.0)
             self.learned += 1
             out.append(p)
+        out = self._blended(
+            out, [x for x, _, _ in batch], [store_id for _, _, store_id in batch], None, weights
+        )
         self._count_many([y for _, y, _ in batch], out, [store_id for _, _, store_id in batch])
         return out
 
@@ -300,7 +381,9 @@ class ChurnModel:
         """Probabilities and reasons for many feature vectors at once.
 
         While cold, with ``store_ids`` (one per vector) and the event time ``at``, each
-        store's fitted prior scores (:class:`PriorFitter`); else the overdue prior.
+        store's fitted prior scores (:class:`PriorFitter`); else the overdue prior. Once
+        warm, the model's probability is blended with that fitted prior (:func:`blend`;
+        ``at`` None: the last fits); the reasons are the model's own contributions.
         """
         if not batch:
             return []
@@ -313,8 +396,14 @@ class ChurnModel:
                 (p, describe_reasons(x, None, top_reasons))
                 for x, p in zip(batch, priors, strict=True)
             ]
+        ids: list[str | None] = [None] * len(batch) if store_ids is None else list(store_ids)
+        shares = [self.model_weight] * len(batch)  # the model's share of each score
         if self.kind != "logreg":
-            return [(self.predict(x), describe_reasons(x, None, top_reasons)) for x in batch]
+            model_ps = self._blended([self.predict(x) for x in batch], batch, ids, at, shares)
+            return [
+                (p, describe_reasons(x, None, top_reasons))
+                for x, p in zip(batch, model_ps, strict=True)
+            ]
         scaler: preprocessing.StandardScaler = self.pipeline["StandardScaler"]
         lr: linear_model.LogisticRegression = self.pipeline["LogisticRegression"]
         names = sorted(batch[0])
@@ -342,9 +431,10 @@ class ChurnModel:
         logits = contributions.sum(axis=1) + lr.intercept
         probabilities = 1.0 / (1.0 + np.exp(-np.clip(logits, -35, 35)))
         rows = contributions.tolist()  # Python floats, equal to float() of each entry
+        blended = self._blended(probabilities.tolist(), batch, ids, at, shares)
         return [
             (p, describe_reasons(x, dict(zip(names, row, strict=True)), top_reasons))
-            for x, p, row in zip(batch, probabilities.tolist(), rows, strict=True)
+            for x, p, row in zip(batch, blended, rows, strict=True)
         ]
 
     def status(self) -> dict[str, Any]:
@@ -372,6 +462,7 @@ class ChurnModel:
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("store_metrics", {})  # snapshots from before per-store metrics
         state.setdefault("priors", PriorFitter())  # ... and before the fitted prior
+        state.setdefault("prior_weight_examples", PRIOR_WEIGHT_EXAMPLES)  # ... and the blend
         self.__dict__.update(state)
 
     def snapshot(self) -> bytes:

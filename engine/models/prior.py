@@ -325,14 +325,52 @@ class PriorFitter:
     ) -> list[float]:
         """The prior of each feature vector (of the store beside it) at event time ``t``."""
         out = [0.0] * len(batch)
-        for store_id in sorted(set(store_ids)):
-            where = [i for i, s in enumerate(store_ids) if s == store_id]
+        for store_id, where in _by_store(store_ids):
             scores = prior_probabilities(
                 [batch[i] for i in where], self.params(store_id, t), self.horizon_days
             )
             for i, score in zip(where, scores, strict=True):
                 out[i] = score
         return out
+
+    def fitted(
+        self, batch: list[dict[str, float]], store_ids: list[str], t: float | None
+    ) -> list[float | None]:
+        """Each vector's fitted Pareto/NBD score, None where its store has no fit or
+        the customer no order (no fallback). ``t``: as :meth:`params` at ``t`` (refit
+        when stale); None: the last fits, never refitting.
+
+        >>> fitter = PriorFitter()
+        >>> fitter.stores["s"] = _StoreSample({}, params=ParetoNBDParams(0.6, 60.0, 0.4, 20.0))
+        >>> x = {"order_count": 3.0, "tenure_days": 120.0, "days_since_last_order": 10.0}
+        >>> [None if p is None else round(p, 4) for p in fitter.fitted(
+        ...     [x, {**x, "order_count": 0.0}, x], ["s", "s", "other"], None)]
+        [0.3222, None, None]
+        """
+        out: list[float | None] = [None] * len(batch)
+        for store_id, where in _by_store(store_ids):
+            params = self.latest(store_id) if t is None else self.params(store_id, t)
+            if params is None:
+                continue
+            buyers = [i for i in where if batch[i].get("order_count", 0.0) >= 1.0]
+            if not buyers:
+                continue
+            scores = prior_probabilities([batch[i] for i in buyers], params, self.horizon_days)
+            for i, score in zip(buyers, scores, strict=True):
+                out[i] = score
+        return out
+
+
+def _by_store(store_ids: list[str]) -> list[tuple[str, list[int]]]:
+    """Each store (sorted) with the positions of its entries.
+
+    >>> _by_store(["b", "a", "b"])
+    [('a', [1]), ('b', [0, 2])]
+    """
+    where: dict[str, list[int]] = {}
+    for i, store_id in enumerate(store_ids):
+        where.setdefault(store_id, []).append(i)
+    return sorted(where.items())
 
 
 def fit_sample(rows: dict[int, tuple[float, float, float]], t: float) -> ParetoNBDParams | None:
