@@ -675,7 +675,7 @@ def _headline(doc: _Doc, result: ReplayResult, horizon_days: int) -> None:
     else:
         extra = ", ".join(
             f"{k.replace('_', ' ')}: {status[k]}"
-            for k in ("examples_learned", "warm_after", "drifts_detected")
+            for k in ("examples_learned", "warm_after", "model_share", "drifts_detected")
             if k in status
         )
         if extra:

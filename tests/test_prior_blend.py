@@ -67,6 +67,7 @@ def test_the_model_weight_grows_with_the_examples_learned() -> None:
         model.learn(x, y, store_id)
         shares.append(model.model_weight)
     assert shares == sorted(shares) and shares[-1] == pytest.approx(300 / 400)
+    assert model.status()["model_share"] == 0.75  # what operators see
     assert ChurnModel(prior_weight_examples=0.0).model_weight == 1.0
     assert ChurnModel().prior_weight_examples == PRIOR_WEIGHT_EXAMPLES
 

@@ -444,6 +444,7 @@ class ChurnModel:
             "model_warm": self.warm,
             "examples_learned": self.learned,
             "warm_after": self.warm_examples,
+            "model_share": round(self.model_weight, 4),  # of a warm score's log-odds
             "drifts_detected": self.drifts_detected,
             **self.metrics.summary(),
         }
