@@ -114,16 +114,28 @@ def _is_event(item: tuple[Event, float] | DeadLetter) -> TypeGuard[tuple[Event, 
 # -- step 3: customers ------------------------------------------------------------
 
 
+NO_SNAPSHOT: StageSnapshot = ("none", b"", (), ())
+"""The customer stage's epoch snapshot in a run without recovery (``build_flow(...,
+durable=False)``: a replay): Bytewax would discard it, so the customers are not pickled
+for it; resuming from it fails (:meth:`KeyGroupCustomers.restore`: unknown format)."""
+
+
 class KeyGroupLogic(StatefulLogic[tuple[Event, float], Any, StageSnapshot | bytes]):
     """Adapts :class:`KeyGroupCustomers` to Bytewax (state: its :meth:`snapshot`)."""
 
     def __init__(
-        self, group: KeyGroupCustomers, clock: str, final_ts: float | None, key_groups: int
+        self,
+        group: KeyGroupCustomers,
+        clock: str,
+        final_ts: float | None,
+        key_groups: int,
+        durable: bool = True,
     ) -> None:
         self.group = group
         self.key_groups = key_groups
         self.clock = clock
         self.final_ts = final_ts
+        self.durable = durable
 
     def on_item(self, value: tuple[Event, float]) -> tuple[list[Any], bool]:
         event, amount = value
@@ -149,7 +161,15 @@ class KeyGroupLogic(StatefulLogic[tuple[Event, float], Any, StageSnapshot | byte
         return None
 
     def snapshot(self) -> StageSnapshot | bytes:
-        return self.group.snapshot()
+        """The group's snapshot; without ``durable``, :data:`NO_SNAPSHOT`, which no
+        group can be restored from:
+
+        >>> KeyGroupCustomers.restore(NO_SNAPSHOT)
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown customer-stage snapshot 'none'
+        """
+        return self.group.snapshot() if self.durable else NO_SNAPSHOT
 
 
 # -- step 4: model ---------------------------------------------------------------
@@ -365,6 +385,7 @@ def build_flow(
     score_causes: frozenset[str] | None = None,
     model_event_order: bool = False,
     publish_daily: bool = True,
+    durable: bool = True,
 ) -> Dataflow:
     """The churnflow dataflow. ``final_ts`` closes a replay at that event time.
 
@@ -373,7 +394,8 @@ def build_flow(
     ``model_event_order`` (replays only: it waits for EOF) makes the model learn and
     score in event-time order, so scores do not depend on the number of workers.
     ``publish_daily=False`` (replays) publishes the customer stage's counters and tables
-    only at the end (:attr:`StageConfig.publish_daily`).
+    only at the end (:attr:`StageConfig.publish_daily`). ``durable=False`` (a run without
+    recovery: replays) skips the customer stage's epoch snapshots (:data:`NO_SNAPSHOT`).
     """
     flow = Dataflow(flow_id)
     raw = op.input("input", flow, source)
@@ -394,7 +416,7 @@ def build_flow(
             if resume is not None
             else KeyGroupCustomers(replace(stage_config(settings), publish_daily=publish_daily))
         )
-        return KeyGroupLogic(group, settings.clock, final_ts, groups)
+        return KeyGroupLogic(group, settings.clock, final_ts, groups, durable)
 
     customers = op.stateful("customers", keyed, build_group)
     stage_out = op.key_rm("customers_out", customers)
