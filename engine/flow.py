@@ -20,7 +20,6 @@ import logging
 import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from functools import partial
 from operator import itemgetter
 from typing import Any, TypeGuard
 
@@ -299,8 +298,12 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         ``score_causes``; a replay without rules scores only its final requests) and
         after the example that warms the model (so the cold prior does not observe
         them either)."""
-        # one crc32 per customer, not per item
-        key = partial(event_order_key, horizon_s=self.horizon_s, spreads={})
+        horizon_s = self.horizon_s
+        spreads: dict[tuple[str, str], int] = {}  # one crc32 per customer, not per item
+
+        def key(item: ScoreRequest | Example) -> tuple[Any, ...]:
+            return event_order_key(item, horizon_s, spreads)
+
         causes = self.score_causes
         examples = [(key(x), x) for x in held if isinstance(x, Example)]
         if causes is None:
