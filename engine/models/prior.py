@@ -309,13 +309,16 @@ class PriorFitter:
         sample = self.stores.get(store_id)
         return None if sample is None else sample.params
 
-    def params(self, store_id: str, t: float) -> ParetoNBDParams | None:
+    def params(
+        self, store_id: str, t: float, refit_days: float | None = None
+    ) -> ParetoNBDParams | None:
         """The store's parameters at event time ``t``: refitted when older than
-        ``refit_days``; None while the sample is too small to fit."""
+        ``refit_days`` (default: the fitter's); None while the sample is too small."""
         sample = self.stores.get(store_id)
         if sample is None:
             return None
-        if sample.params is not None and t - sample.fitted_at < self.refit_days * DAY:
+        max_age = (self.refit_days if refit_days is None else refit_days) * DAY
+        if sample.params is not None and t - sample.fitted_at < max_age:
             return sample.params  # also for a late request: a fit never goes back in time
         sample.params, sample.fitted_at = fit_sample(sample.rows, t), t
         return sample.params
@@ -334,11 +337,15 @@ class PriorFitter:
         return out
 
     def fitted(
-        self, batch: list[dict[str, float]], store_ids: list[str], t: float | None
+        self,
+        batch: list[dict[str, float]],
+        store_ids: list[str],
+        t: float | None,
+        refit_days: float | None = None,
     ) -> list[float | None]:
         """Each vector's fitted Pareto/NBD score, None where its store has no fit or
         the customer no order (no fallback). ``t``: as :meth:`params` at ``t`` (refit
-        when stale); None: the last fits, never refitting.
+        when older than ``refit_days``); None: the last fits, never refitting.
 
         >>> fitter = PriorFitter()
         >>> fitter.stores["s"] = _StoreSample({}, params=ParetoNBDParams(0.6, 60.0, 0.4, 20.0))
@@ -349,7 +356,7 @@ class PriorFitter:
         """
         out: list[float | None] = [None] * len(batch)
         for store_id, where in _by_store(store_ids):
-            params = self.latest(store_id) if t is None else self.params(store_id, t)
+            params = self.latest(store_id) if t is None else self.params(store_id, t, refit_days)
             if params is None:
                 continue
             buyers = [i for i in where if batch[i].get("order_count", 0.0) >= 1.0]

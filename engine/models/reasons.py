@@ -13,6 +13,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+import numpy as np
+
 
 def _plural(count: float, noun: str) -> str:
     """``count`` and ``noun``, plural unless exactly one.
@@ -185,4 +187,48 @@ def describe_reasons(
             "text": _phrase(name, x),
         }
         for name, value in ranked
+    ]
+
+
+def describe_reasons_batch(
+    batch: list[dict[str, float]], contributions: np.ndarray, names: list[str], top: int = 3
+) -> list[list[dict[str, Any]]]:
+    """:func:`describe_reasons` of every row at once: ``contributions[i, j]`` is input
+    ``names[j]``'s contribution for ``batch[i]``. The same reasons, with the same
+    floats: the recency inputs are added in ``names`` order, element by element, and a
+    stable sort of the grouped inputs in name order breaks ties by name, as
+    :func:`describe_reasons` does.
+
+    >>> x = {"days_since_last_order": 82.0, "gap_mean_days": 30.0, "order_count": 4.0}
+    >>> rows = np.array([[1.2, -0.4, 0.1], [0.0, 0.0, -0.2]])
+    >>> names = ["days_since_last_order", "order_count", "gap_mean_days"]
+    >>> got = describe_reasons_batch([x, x], rows, names, top=2)
+    >>> got == [describe_reasons(x, dict(zip(names, r)), 2) for r in rows.tolist()]
+    True
+    >>> [r["feature"] for r in got[1]]
+    ['gap_mean_days', 'order_count']
+    """
+    if not batch:
+        return []
+    keys = sorted({"recency" if name in RECENCY_INPUTS else name for name in names})
+    grouped_columns = np.empty((len(batch), len(keys)))
+    for k, key in enumerate(keys):
+        column = np.zeros(len(batch))  # 0.0 + each input, as grouped() adds them
+        for j, name in enumerate(names):
+            if name == key or (key == "recency" and name in RECENCY_INPUTS):
+                column = column + contributions[:, j]
+        grouped_columns[:, k] = column
+    order = np.argsort(-np.abs(grouped_columns), axis=1, kind="stable")[:, :top]
+    values = np.take_along_axis(grouped_columns, order, axis=1).tolist()
+    return [
+        [
+            {
+                "feature": keys[k],
+                "contribution": round(value, 4),
+                "direction": "raises" if value > 0 else "lowers",
+                "text": _phrase(keys[k], x),
+            }
+            for k, value in zip(picked, row_values, strict=True)
+        ]
+        for x, picked, row_values in zip(batch, order.tolist(), values, strict=True)
     ]
