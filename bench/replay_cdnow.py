@@ -1,6 +1,6 @@
 """Wall time of the full CDNOW replay through ``build_flow``, and where it goes.
 
-    python bench/replay_cdnow.py [--score-all] [--profile]
+    python bench/replay_cdnow.py [--score-all] [--profile] [--stage-only]
 
 Times ``run_replay(load_cdnow(), Settings(), until=None)``: all 69,659 CDNOW records,
 horizon 90 days, the whole dataflow (decode, customer stage, model learn + score), as
@@ -10,6 +10,11 @@ horizon 90 days, the whole dataflow (decode, customer stage, model learn + score
 Loading the file is not timed (``replay_cdnow_cpu_s``: process CPU time of the replay,
 steadier than wall time on a shared machine); ``run_replay``'s own clock is used (it includes
 ``encode_event`` of every record, which runs lazily inside ``run_main``).
+
+``--stage-only`` times the customer stage alone instead, without Bytewax or the model:
+every record decoded (``decode_item``, timed apart) and folded into its key group's
+``KeyGroupCustomers.on_event`` in event order, then ``final`` of every group, as the
+replay's customer stage runs (``publish_daily=False``); outputs are counted, then dropped.
 
 Prints one figure per line, ``name value unit``; never asserts timings.
 
@@ -38,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.messages import DeadLetter  # noqa: E402
 from engine.models.online import ChurnModel  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from replay.harness import run_replay  # noqa: E402
@@ -79,10 +85,47 @@ def _timed(name: str, fn: Callable[..., Any], batch: bool = False) -> Callable[.
     return wrapper
 
 
+def stage_only(events: list[Any], settings: Settings) -> None:
+    """The customer stage alone on ``events`` (see ``--stage-only``), with its figures."""
+    from dataclasses import replace
+
+    from engine.customers import KeyGroupCustomers
+    from engine.events import encode_event
+    from engine.flow import decode_item, stage_config
+    from engine.keygroups import key_group
+    from replay.harness import end_of_day_ts, replay_gc
+
+    config = replace(stage_config(settings), publish_daily=False)
+    last_day = datetime.fromtimestamp(max(e.ts for e in events), UTC).date()
+    groups: dict[int, KeyGroupCustomers] = {}
+    outputs = 0
+    with replay_gc():
+        cpu = time.process_time()
+        decoded = [decode_item(encode_event(e), settings) for e in events]
+        emit("stage_only_decode_cpu_s", time.process_time() - cpu, "s(cpu)")
+        cpu = time.process_time()
+        for item in decoded:
+            assert not isinstance(item, DeadLetter), item
+            event, amount = item
+            number = key_group(event.store_id, event.customer_id, settings.key_groups)
+            group = groups.get(number)
+            if group is None:
+                group = groups[number] = KeyGroupCustomers(config)
+                group.group_id = number
+            outputs += len(group.on_event(event, amount))
+        for number in sorted(groups):
+            outputs += len(groups[number].final(end_of_day_ts(last_day)))
+        cpu = time.process_time() - cpu
+    emit("stage_only_cpu_s", cpu, "s(cpu)")
+    emit("stage_only_outputs", outputs, "items")
+    emit("stage_only_events_per_cpu_s", len(events) / cpu, "events/cpu-s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", action="store_true", help="cProfile top 10 to stderr")
     parser.add_argument("--score-all", action="store_true", help="score every request")
+    parser.add_argument("--stage-only", action="store_true", help="the customer stage alone")
     args = parser.parse_args(argv)
     settings = Settings()
 
@@ -96,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     emit("load_cdnow_s", time.perf_counter() - started, "s(untimed)")
     emit("replay_cdnow_events", len(events), "events")
     emit("loadavg_before", loadavg(), "1/5/15min")
+    if args.stage_only:
+        stage_only(events, settings)
+        emit("loadavg_after", loadavg(), "1/5/15min")
+        return 0
 
     learn, learn_many, score = ChurnModel.learn, ChurnModel.learn_many, ChurnModel.score_batch
     ChurnModel.learn = _timed("learn", learn)  # type: ignore[method-assign]
