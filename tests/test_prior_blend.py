@@ -132,3 +132,30 @@ def test_a_snapshot_from_before_the_blend_restores_with_the_default_weight() -> 
     restored = ChurnModel.restore(pickle.dumps(with_fit(old)))
     assert isinstance(restored.priors, PriorFitter)
     assert restored.score_batch([features(random.Random(7), 1)], store_ids=["s"], at=100 * DAY)
+
+
+def test_a_warm_model_refits_its_prior_at_most_every_warm_refit_days() -> None:
+    from engine.models.online import WARM_REFIT_DAYS
+
+    rng = random.Random(8)
+    model = ChurnModel(warm_examples=5, prior_weight_examples=100.0)
+    model.learn_many(examples(9, 20))  # warm
+    for c in range(150):  # a sample large enough to fit: 150 buyers, a third repeaters
+        orders = 1.0 + (c % 3 == 0) * rng.randint(1, 4)
+        tenure = rng.uniform(30.0, 200.0)
+        x = {
+            "order_count": orders,
+            "tenure_days": tenure,
+            "days_since_last_order": rng.uniform(0.0, tenure) if orders > 1 else tenure,
+        }
+        model.priors.observe("s", f"c{c}", 200 * DAY, x)
+    x = features(rng, 1)
+    fits = []
+    for day in range(200, 300, 2):
+        model.score_batch([x], store_ids=["s"], at=day * DAY)
+        fitted_at = model.priors.stores["s"].fitted_at / DAY
+        if not fits or fits[-1] != fitted_at:
+            fits.append(fitted_at)
+    assert len(fits) >= 3
+    assert all(b - a >= WARM_REFIT_DAYS for a, b in zip(fits, fits[1:], strict=False))
+    assert model.priors.latest("s") is not None
