@@ -9,6 +9,8 @@ Steps (each a child process; its own ``name value unit`` lines go to stderr as t
   loop (features + scoring, no framework) on the same events, event-to-score latency;
 * ``state``: ``bench/customer_stage.py --skip-e2e`` — state bytes per customer;
 * ``replay``: ``bench/replay_cdnow.py`` — the whole CDNOW log through the dataflow;
+* ``replay_rules``: ``bench/replay_cdnow.py --rules rules/default.yaml`` — the same with
+  the default rules (every request scored, the trigger stage on);
 * ``api``: ``bench/api_lookup.py`` — wrk against the score API (skipped, saying so, when
   ``wrk`` or ``redis-benchmark`` is not installed; ``make bench`` installs them);
 * ``quality``: ``churnflow replay`` on CDNOW up to 1997-09-30, then ``bench/quality.py``
@@ -51,6 +53,7 @@ HEADLINE = (
     "score_latency_p50_ms",
     "score_latency_p99_ms",
     "replay_cdnow_s",
+    "replay_cdnow_rules_s",
     "state_bytes_per_customer",
     "api_lookup_rps",
     "api_lookup_p99_ms",
@@ -65,6 +68,8 @@ CONTEXT = (
     "score_latency_rate",
     "score_latency_events",
     "replay_cdnow_events_per_s",
+    "replay_cdnow_rules_events_per_s",
+    "replay_cdnow_rules_intents",
     "state_customers",
     "state_mem_bytes_per_customer",
     "api_lookup_customers",
@@ -164,6 +169,11 @@ def steps(quick: bool, scores_csv: Path) -> list[Step]:
             },
         ),
         Step("replay", [*py, str(BENCH / "replay_cdnow.py")]),
+        Step(
+            "replay_rules",
+            [*py, str(BENCH / "replay_cdnow.py"), "--rules", str(ROOT / "rules" / "default.yaml")],
+            rename={f"loadavg_{w}": f"loadavg_{w}_replay_rules" for w in ("before", "after")},
+        ),
         Step("api", [*py, str(BENCH / "api_lookup.py"), *api], needs=("wrk", "redis-benchmark")),
         Step("quality", replay),
         Step("recall", [*py, str(BENCH / "recall_truth.py"), *recall]),
