@@ -224,6 +224,9 @@ class CustomerRecord:
             values = (*values, [])
         for name, value in zip(self.__slots__, values, strict=True):
             setattr(self, name, value)
+        points = len(self.pending_t0)
+        if points and len(self.pending_features) == points * (_WIDTH - 1):
+            self.pending_features = _widened(self.pending_features, points)
 
     def note_order(self, ts: float) -> None:
         """Keep the two newest order times (exact whatever the arrival order)."""
@@ -231,6 +234,30 @@ class CustomerRecord:
             self.prev_order_ts, self.last_order_ts = self.last_order_ts, ts
         elif self.prev_order_ts is None or ts > self.prev_order_ts:
             self.prev_order_ts = ts
+
+
+_ORDER_COUNT_AT = FEATURE_NAMES.index("order_count")
+
+
+def _widened(flat: array[float], points: int) -> array[float]:
+    """Pending points pickled before ``order_days`` (the last feature) was added, with
+    it appended to each: their order count, the closest value they keep (equal unless
+    two orders fell on one day).
+
+    >>> old = array("f", [float(i) for i in range(2 * (_WIDTH - 1))])
+    >>> new = _widened(old, 2)
+    >>> len(new) == 2 * _WIDTH, new[_WIDTH - 1] == old[_ORDER_COUNT_AT]
+    (True, True)
+    >>> new[2 * _WIDTH - 1] == old[_WIDTH - 1 + _ORDER_COUNT_AT]
+    True
+    """
+    width = _WIDTH - 1
+    out = array("f")
+    for i in range(points):
+        row = flat[i * width : (i + 1) * width]
+        out.extend(row)
+        out.append(row[_ORDER_COUNT_AT])
+    return out
 
 
 @dataclass

@@ -115,6 +115,7 @@ def oracle(events: list[Any], t: float) -> dict[str, float]:
     out["messages_opened_30d"] = count(ts_of("message_opened"), 30)
     out["messages_clicked_30d"] = count(ts_of("message_clicked"), 30)
     out["unsubscribed_30d"] = count(ts_of("message_unsubscribed"), 30)
+    out["order_days"] = float(len({ts // DAY for ts in orders}))  # distinct UTC days
     return out
 
 

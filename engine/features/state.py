@@ -41,7 +41,11 @@ Order bookkeeping (kept minimal on purpose)
     amount; ``order_cancelled`` adds one cancellation and subtracts its amount
     from ``spend_total`` (the cancelled order still counts as an order and its
     spend stays in the *decayed* spend — no order-id map is kept).
-    Orders at the same second are separate orders.
+    Orders at the same second are separate orders. ``order_days`` counts the distinct
+    UTC calendar days with an order (the "purchase occasions" of BTYD models: several
+    orders on one day are one occasion); it is exact except for an order arriving late
+    before the latest folded order on a day other than that order's (it counts as a
+    new day).
 
 Profile
     ``country``, ``timezone``, ``locale``, ``first_name`` and ``source`` are
@@ -75,7 +79,7 @@ from __future__ import annotations
 import math
 import zlib
 from array import array
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
 from typing import Any
 
 from engine.events import CHANNELS
@@ -107,7 +111,8 @@ _CHANNEL_INDEX: dict[str, int] = {c: i for i, c in enumerate(CHANNELS)}
 # Last-writer-wins timestamps: 5 profile fields, then one per consent channel.
 _F_COUNTRY, _F_TIMEZONE, _F_LOCALE, _F_FIRST_NAME, _F_SOURCE = range(5)
 _N_LWW = 5 + len(CHANNELS)
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+"""Version 2 added ``_order_days``; version 1 states still load (see ``__setstate__``)."""
 
 
 def _insert_windowed(arr: array[float], ts: float, cutoff: float) -> None:
@@ -143,6 +148,7 @@ class CustomerState:
         "clock",
         "first_seen_ts",
         "_order_n",
+        "_order_days",
         "_first_order",
         "_last_order",
         "_order_ts",
@@ -180,6 +186,7 @@ class CustomerState:
         self.clock = _NEG_INF
         self.first_seen_ts = _POS_INF
         self._order_n = 0
+        self._order_days = 0  # distinct UTC days with an order
         self._first_order = _POS_INF
         self._last_order = _NEG_INF
         self._order_ts: array[float] = array("d")
@@ -225,6 +232,11 @@ class CustomerState:
         return self._order_n
 
     @property
+    def order_days(self) -> int:
+        """Distinct UTC calendar days with an ``order_created`` (see the module docstring)."""
+        return self._order_days
+
+    @property
     def has_orders(self) -> bool:
         return self._order_n > 0
 
@@ -268,6 +280,8 @@ class CustomerState:
         if ts > self._last_order:
             self._last_order = ts
         arr = self._order_ts
+        if not self._has_order_on_day_of(ts):
+            self._order_days += 1
         if ts < self._fold_last:
             # Older than orders already folded: count it into the folded prefix.
             self._fold_n += 1
@@ -287,6 +301,16 @@ class CustomerState:
             self._discount_n += 1
         if len(arr) > ORDER_TS_KEEP:
             self._fold_orders()
+
+    def _has_order_on_day_of(self, ts: float) -> bool:
+        """Whether an order already folded in fell on ``ts``'s UTC day (the kept
+        timestamps, and the latest folded one; older folded days are not known)."""
+        day_start = (ts // DAY) * DAY
+        arr = self._order_ts
+        i = bisect_left(arr, day_start)
+        if i < len(arr) and arr[i] < day_start + DAY:
+            return True
+        return self._fold_last != _NEG_INF and self._fold_last // DAY == ts // DAY
 
     def _add_decayed(self, ts: float, amount: float) -> None:
         # A tuple rebuilt per order is ~4x faster than in-place updates of an array.
@@ -494,10 +518,13 @@ class CustomerState:
             self._consent_known,
             self._consent_granted,
             None if self._lww is None else self._lww.tobytes(),
+            self._order_days,
         )
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        if state[0] != _STATE_VERSION:
+        if state[0] == 1:  # before order_days: counted from what the state keeps
+            state = (*state, None)
+        elif state[0] != _STATE_VERSION:
             raise ValueError(f"unknown CustomerState version {state[0]!r}")
         (
             _,
@@ -533,6 +560,7 @@ class CustomerState:
             self._consent_known,
             self._consent_granted,
             lww,
+            order_days,
         ) = state
         self._order_ts = _floats(order_ts)
         self._categories = array("I")
@@ -543,6 +571,9 @@ class CustomerState:
         self._clicked = _floats(clicked)
         self._unsubscribed = _floats(unsubscribed)
         self._lww = None if lww is None else _floats(lww)
+        if order_days is None:  # version 1: each folded order counts as its own day
+            order_days = len({ts // DAY for ts in self._order_ts}) + self._fold_n
+        self._order_days = order_days
         self.gap_cache = None
         self.profile_cache = None
 

@@ -26,13 +26,15 @@ Conventions for missing history (documented here, tested in tests/):
 - ``category_count`` is the number of distinct line-item categories bought,
   saturating at ``CATEGORY_CAP``; ``open_cart`` is 1 when the latest
   ``add_to_cart`` is later than the latest order.
+- ``order_days`` is the number of distinct UTC days with an order (several orders
+  on one day are one purchase occasion, as BTYD models count them).
 
 >>> from engine.features.state import CustomerState
 >>> v = feature_vector(CustomerState(), 1_700_000_000.0)
 >>> list(v) == list(FEATURE_NAMES), v["order_count"], v["overdue_ratio"]
 (True, 0.0, 0.0)
 >>> len(FEATURE_NAMES)
-31
+32
 """
 
 from __future__ import annotations
@@ -190,6 +192,11 @@ def browsing(s: CustomerState, te: float) -> tuple[float, ...]:
     )
 
 
+def occasions(s: CustomerState, te: float) -> tuple[float, ...]:
+    """order_days: distinct UTC days with an order (BTYD's purchase occasions)."""
+    return (float(s._order_days),)
+
+
 def engagement(s: CustomerState, te: float) -> tuple[float, ...]:
     """messages_opened_30d, messages_clicked_30d, unsubscribed_30d."""
     return (
@@ -216,6 +223,7 @@ _FAMILIES: tuple[tuple[tuple[str, ...], Family], ...] = (
         browsing,
     ),
     (("messages_opened_30d", "messages_clicked_30d", "unsubscribed_30d"), engagement),
+    (("order_days",), occasions),  # last: pending points of older snapshots lack it
 )
 
 FEATURE_NAMES: tuple[str, ...] = tuple(name for names, _ in _FAMILIES for name in names)
@@ -349,6 +357,7 @@ def feature_vector(state: CustomerState, t: float) -> dict[str, float]:
         _count_window(opened, te, _W30) if opened else 0.0,
         _count_window(clicked, te, _W30) if clicked else 0.0,
         _count_window(unsubscribed, te, _W30) if unsubscribed else 0.0,
+        float(s._order_days),
     )
 
 

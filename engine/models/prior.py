@@ -10,7 +10,8 @@ has enough customers the transparent :func:`overdue_prior` is used.
 
 A customer's summary comes from the feature vector alone (:func:`summary`):
 
-- ``x`` repeat orders = ``order_count - 1``;
+- ``x`` repeat purchases = ``order_days - 1`` (distinct order days, as BTYD models count
+  purchases; ``order_count - 1`` for a vector without it);
 - ``T`` = ``tenure_days`` (days since the first order);
 - ``t_x`` = ``T - days_since_last_order`` (first to last order).
 
@@ -78,13 +79,25 @@ def overdue_prior(features: dict[str, float]) -> float:
     return overdue / (1.0 + overdue)
 
 
+def occasions(features: dict[str, float]) -> float:
+    """Purchase occasions: ``order_days`` (distinct order days), else ``order_count``.
+
+    >>> occasions({"order_count": 3.0, "order_days": 2.0}), occasions({"order_count": 3.0})
+    (2.0, 3.0)
+    """
+    days = features.get("order_days")
+    return features.get("order_count", 0.0) if days is None else days
+
+
 def summary(features: dict[str, float]) -> tuple[float, float, float]:
     """``(x, t_x, T)`` in days from a feature vector (see the module docstring).
 
     >>> summary({"order_count": 3.0, "tenure_days": 120.5, "days_since_last_order": 10.5})
     (2.0, 110.0, 120.5)
+    >>> summary({"order_count": 3.0, "order_days": 1.0, "tenure_days": 5.0})[0]
+    0.0
     """
-    x = max(features.get("order_count", 0.0) - 1.0, 0.0)
+    x = max(occasions(features) - 1.0, 0.0)
     big_t = max(features.get("tenure_days", 0.0), 0.0)
     t_x = min(max(big_t - features.get("days_since_last_order", 0.0), 0.0), big_t)
     return x, t_x, big_t
@@ -279,9 +292,9 @@ class PriorFitter:
         self, store_id: str, customer_id: str, t: float, features: dict[str, float]
     ) -> None:
         """Keep the customer's purchase summary at event time ``t`` if it is sampled."""
-        orders = features.get("order_count", 0.0)
-        if orders < 1.0:
+        if features.get("order_count", 0.0) < 1.0:
             return
+        orders = occasions(features)
         sample = self.stores.get(store_id)
         if sample is None:
             sample = self.stores[store_id] = _StoreSample({})

@@ -59,6 +59,7 @@ _WINDOWS = {"7d": "7 days", "30d": "30 days", "90d": "90 days", "365d": "year"}
 _WORDS: dict[str, Any] = {
     "tenure_days": lambda v: f"customer for {v:.0f} days",
     "order_count": lambda v: f"{_plural(round(v), 'order')} so far",
+    "order_days": lambda v: f"ordered on {_plural(round(v), 'day')}",
     "spend_total_base": lambda v: f"spent {v:,.2f} in all",
     "avg_order_value": lambda v: f"average order {v:,.2f}",
     "gap_mean_days": lambda v: f"orders every {v:.0f} days on average",
