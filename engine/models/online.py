@@ -155,9 +155,11 @@ MODEL_KINDS = ("logreg", "hoeffding_tree", "bagging")
 
 PRIOR_WEIGHT_EXAMPLES = 10_000.0
 """How many learned examples the fitted prior is worth in a warm score (:func:`blend`).
-Measured on CDNOW at three cuts and three horizons (BENCHMARKS.md): every setting scored
-at or above the model alone with 10,000 and 20,000; this is of the order of the store's
-customer count, i.e. the prior yields once most customers have a resolved label."""
+Measured on CDNOW at six warm cut/horizon settings (BENCHMARKS.md, "Warm scores blended
+with the fitted prior"): 10,000 scored at or above the model alone at all six, 20,000
+lowered one and 50,000 two. It is an absolute count (CDNOW has 23,570 customers; a much
+larger store's model outweighs its prior sooner), set per deployment with
+``CHURNFLOW_MODEL_PRIOR_WEIGHT_EXAMPLES``."""
 
 
 WARM_REFIT_DAYS = 28.0
