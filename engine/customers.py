@@ -522,7 +522,7 @@ class KeyGroupCustomers:
         customers = self.customers
         touched = self._touched
         close_weeks_before = self.lifecycle.close_weeks_before
-        orphan_timers = self.orphan_timers
+        drop_timer = self._drop_timer
         out: list[Any] = []
         week = None
         timer = pop_next_due(watermark)
@@ -534,14 +534,10 @@ class KeyGroupCustomers:
                 close_weeks_before(timer_week)
                 week = timer_week
             record = customers.get(key)
+            drop_timer(record, timer)
             if record is None:  # erased since
-                orphan_timers.pop(seq, None)
                 timer = pop_next_due(watermark)
                 continue
-            try:  # as _drop_timer does
-                record.timers.remove((at, seq, kind, ref))
-            except ValueError:  # a timer of the customer's erased predecessor
-                orphan_timers.pop(seq, None)
             touched.add(key)
             if kind == "label":
                 self._resolve(key, record, ref, at, out)
@@ -625,7 +621,7 @@ class KeyGroupCustomers:
         pending_t0.append(t0)
         record.pending_answer.append(math.nan)
         record.pending_features.extend(features.values())  # in FEATURE_NAMES order
-        self._push_timer(record, t0 + self.config.horizon_days * DAY, "label", key, t0)
+        self._push_timer(record, t0 + self.config.horizon_s, "label", key, t0)
         self.counters["points_created"] += 1
 
     def _resolve(
