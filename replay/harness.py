@@ -27,6 +27,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from tqdm import tqdm
 
+from engine.events import encode_event
 from engine.flow import FlowSinks, build_flow
 from engine.messages import (
     Example,
@@ -84,23 +85,6 @@ def replay_gc() -> Iterator[None]:
         gc.freeze()
         gc.set_threshold(*threshold)
         gc.unfreeze()
-
-
-def wire_bytes(event: Any) -> bytes:
-    """The event's JSON as :func:`engine.events.encode_event` writes it, written by
-    pydantic's own serializer (one step instead of ``model_dump`` then orjson: about half
-    the time). The dataflow decodes and validates it like any input.
-
-    >>> from datetime import UTC, datetime
-    >>> from decimal import Decimal
-    >>> from engine.events import OrderEvent, encode_event
-    >>> event = OrderEvent(type="order_created", event_id="e1", store_id="s",
-    ...     customer_id="Zoë \\x1f", order_id="1", amount=Decimal("9.90"), currency="EUR",
-    ...     occurred_at=datetime(1997, 1, 1, 12, tzinfo=UTC))
-    >>> wire_bytes(event) == encode_event(event)
-    True
-    """
-    return bytes(type(event).__pydantic_serializer__.to_json(event))
 
 
 def end_of_day_ts(day: date) -> float:
@@ -188,7 +172,7 @@ def run_replay(
     if rules_dir is not None:
         settings = settings.model_copy(update={"rules_dir": rules_dir})
 
-    encoded: Iterable[bytes] = map(wire_bytes, events)
+    encoded: Iterable[bytes] = map(encode_event, events)
     if progress:
         encoded = tqdm(encoded, total=len(events), unit="ev", desc="replay", mininterval=0.5)
     sink_items: list[Any] = []
