@@ -1,15 +1,43 @@
-"""Reasons of a batch at once equal the one-by-one reasons (engine/models/reasons.py)."""
+"""Reasons of a batch at once, and of one vector, equal a plainly written ranking
+(engine/models/reasons.py)."""
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import pytest
 
 from engine.features.vector import FEATURE_NAMES
 from engine.models.online import DERIVED, ChurnModel
-from engine.models.reasons import describe_reasons, describe_reasons_batch
+from engine.models.reasons import (
+    RECENCY_INPUTS,
+    _phrase,
+    describe_reasons,
+    describe_reasons_batch,
+)
+
+
+def reference_reasons(
+    x: dict[str, float], contributions: dict[str, float], top: int
+) -> list[dict[str, Any]]:
+    """The ranking written plainly (the engine's one-by-one code before the batch
+    version): recency inputs summed in a dict, sorted by (-|value|, name)."""
+    merged: dict[str, float] = {}
+    for name, value in contributions.items():
+        key = "recency" if name in RECENCY_INPUTS else name
+        merged[key] = merged.get(key, 0.0) + value
+    ranked = sorted(merged.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
+    return [
+        {
+            "feature": name,
+            "contribution": round(value, 4),
+            "direction": "raises" if value > 0 else "lowers",
+            "text": _phrase(name, x),
+        }
+        for name, value in ranked
+    ]
 
 
 def random_contributions(rng: random.Random, rows: int, width: int) -> np.ndarray:
@@ -33,10 +61,15 @@ def test_batch_reasons_equal_one_by_one(seed: int, top: int) -> None:
     ]
     contributions = random_contributions(rng, len(batch), len(names))
     expected = [
-        describe_reasons(x, dict(zip(names, row, strict=True)), top)
+        reference_reasons(x, dict(zip(names, row, strict=True)), top)
         for x, row in zip(batch, contributions.tolist(), strict=True)
     ]
     assert describe_reasons_batch(batch, contributions, names, top) == expected
+    one_by_one = [
+        describe_reasons(x, dict(zip(names, row, strict=True)), top)
+        for x, row in zip(batch, contributions.tolist(), strict=True)
+    ]
+    assert one_by_one == expected
 
 
 def test_batch_reasons_without_recency_inputs_and_in_any_column_order() -> None:
@@ -45,7 +78,7 @@ def test_batch_reasons_without_recency_inputs_and_in_any_column_order() -> None:
     batch = [{"order_count": 2.0, "spend_total_base": 10.0, "gap_mean_days": 5.0}] * 30
     contributions = random_contributions(rng, 30, 3)
     expected = [
-        describe_reasons(x, dict(zip(names, row, strict=True)), 2)
+        reference_reasons(x, dict(zip(names, row, strict=True)), 2)
         for x, row in zip(batch, contributions.tolist(), strict=True)
     ]
     assert describe_reasons_batch(batch, contributions, names, 2) == expected

@@ -49,7 +49,7 @@ def _last_visit(x: dict[str, float]) -> str:
 
 
 _FROM_VECTOR = {
-    "recency": _recency,  # the grouped recency inputs (see grouped)
+    "recency": _recency,  # the recency inputs, reported together (see RECENCY_INPUTS)
     "overdue_ratio": _recency,  # the cold prior's reason
     "days_since_last_visit": _last_visit,
 }
@@ -141,29 +141,15 @@ correlated inputs get weights of opposite signs, and "0 days since last order"
 would read as raising the risk)."""
 
 
-def grouped(contributions: dict[str, float]) -> dict[str, float]:
-    """Contributions with the recency inputs added into one ``recency`` entry.
-
-    >>> merged = grouped({"days_since_last_order": -0.5, "dropout_evidence": 1.25,
-    ...                   "order_count": 0.2})
-    >>> sorted(merged.items())
-    [('order_count', 0.2), ('recency', 0.75)]
-    """
-    merged: dict[str, float] = {}
-    for name, value in contributions.items():
-        key = "recency" if name in RECENCY_INPUTS else name
-        merged[key] = merged.get(key, 0.0) + value
-    return merged
-
-
 def describe_reasons(
     x: dict[str, float], contributions: dict[str, float] | None, top: int = 3
 ) -> list[dict[str, Any]]:
     """The ``top`` features that push the score most, signed, in plain words.
 
     ``contributions`` are every model input's signed contribution to the log-odds
-    (the recency inputs are reported together, see :func:`grouped`). Without them
-    (the cold prior), the reason is how overdue the customer is.
+    (the recency inputs, :data:`RECENCY_INPUTS`, are added up and reported together as
+    ``recency``; ties rank by name). Without them (the cold prior), the reason is how
+    overdue the customer is. One vector's case of :func:`describe_reasons_batch`.
 
     >>> x = {"days_since_last_order": 0.0, "order_count": 3.0, "gap_mean_days": 40.0}
     >>> [(r["feature"], r["direction"]) for r in describe_reasons(x, {"order_count": -0.3,
@@ -179,33 +165,25 @@ def describe_reasons(
                 "text": _phrase("overdue_ratio", x),
             }
         ]
-    ranked = sorted(grouped(contributions).items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
-    return [
-        {
-            "feature": name,
-            "contribution": round(value, 4),
-            "direction": "raises" if value > 0 else "lowers",
-            "text": _phrase(name, x),
-        }
-        for name, value in ranked
-    ]
+    names = list(contributions)
+    row = np.array([list(contributions.values())], dtype=float).reshape(1, len(names))
+    return describe_reasons_batch([x], row, names, top)[0]
 
 
 def describe_reasons_batch(
     batch: list[dict[str, float]], contributions: np.ndarray, names: list[str], top: int = 3
 ) -> list[list[dict[str, Any]]]:
     """:func:`describe_reasons` of every row at once: ``contributions[i, j]`` is input
-    ``names[j]``'s contribution for ``batch[i]``. The same reasons, with the same
-    floats: the recency inputs are added in ``names`` order, element by element, and a
-    stable sort of the grouped inputs in name order breaks ties by name, as
-    :func:`describe_reasons` does.
+    ``names[j]``'s contribution for ``batch[i]``. The recency inputs are added up in
+    ``names`` order, element by element (starting from 0.0), and a stable sort of the
+    grouped inputs, which are in name order, breaks ties by name.
 
     >>> x = {"days_since_last_order": 82.0, "gap_mean_days": 30.0, "order_count": 4.0}
     >>> rows = np.array([[1.2, -0.4, 0.1], [0.0, 0.0, -0.2]])
     >>> names = ["days_since_last_order", "order_count", "gap_mean_days"]
     >>> got = describe_reasons_batch([x, x], rows, names, top=2)
-    >>> got == [describe_reasons(x, dict(zip(names, r)), 2) for r in rows.tolist()]
-    True
+    >>> [r["feature"] for r in got[0]]
+    ['recency', 'order_count']
     >>> [r["feature"] for r in got[1]]
     ['gap_mean_days', 'order_count']
     """
@@ -214,7 +192,7 @@ def describe_reasons_batch(
     keys = sorted({"recency" if name in RECENCY_INPUTS else name for name in names})
     grouped_columns = np.empty((len(batch), len(keys)))
     for k, key in enumerate(keys):
-        column = np.zeros(len(batch))  # 0.0 + each input, as grouped() adds them
+        column = np.zeros(len(batch))  # 0.0 + each input, in names order
         for j, name in enumerate(names):
             if name == key or (key == "recency" and name in RECENCY_INPUTS):
                 column = column + contributions[:, j]
