@@ -339,15 +339,13 @@ class PriorFitter:
     def probabilities(
         self, batch: list[dict[str, float]], store_ids: list[str], t: float
     ) -> list[float]:
-        """The prior of each feature vector (of the store beside it) at event time ``t``."""
-        out = [0.0] * len(batch)
-        for store_id, where in _by_store(store_ids):
-            scores = prior_probabilities(
-                [batch[i] for i in where], self.params(store_id, t), self.horizon_days
-            )
-            for i, score in zip(where, scores, strict=True):
-                out[i] = score
-        return out
+        """The prior of each feature vector (of the store beside it) at event time ``t``:
+        the store's fitted one (:meth:`fitted`), else :func:`overdue_prior`."""
+        fitted = self.fitted(batch, store_ids, t)
+        return [
+            overdue_prior(features) if p is None else p
+            for features, p in zip(batch, fitted, strict=True)
+        ]
 
     def fitted(
         self,
