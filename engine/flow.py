@@ -293,11 +293,12 @@ class ModelLogic(StatefulBatchLogic[Any, Any, bytes]):
         return out, StatefulBatchLogic.RETAIN
 
     def _in_event_order(self, held: list[Any]) -> list[Any]:
-        """``held`` sorted by :func:`event_order_key`, without the requests that
-        :meth:`_handle` would pass over: not scored (their cause is not in
-        ``score_causes``; a replay without rules scores only its final requests) and
-        after the example that warms the model (so the cold prior does not observe
-        them either)."""
+        """``held`` sorted by :func:`event_order_key`, without the requests that would
+        not be scored: their cause is not in ``score_causes`` (a replay without rules
+        scores only its final requests) and they come after the example that warms the
+        model. The prior's sample does not see them; it loses nothing that matters:
+        with nothing scored between, the only fit after them is the final one, and every
+        customer's final request carries their latest summary."""
         horizon_s = self.horizon_s
         spreads: dict[tuple[str, str], int] = {}  # one crc32 per customer, not per item
 
